@@ -1,0 +1,128 @@
+"""Frozen event records the request path and lifecycle emit, and the fan-out to observers.
+
+Stages never call prometheus_client or write log lines; they emit one of these and the
+observers in `sidecar.observe` turn it into metrics and JSON lines. The fan-out never raises:
+a broken observer must not fail a request.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.outcome import AttemptResult, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """One downstream request is over (answered, failed or aborted)."""
+
+    wall_time: float  # seconds since the epoch when the request started
+    request_id: str
+    listener: str
+    upstream: str  # "" when no upstream was chosen (bad request, unknown host)
+    route: str
+    method: str
+    path: str  # without the query string unless access_log.include_query
+    status: int  # 0 when the connection was closed without a response
+    outcome: Outcome
+    attempts: int
+    duration: float  # seconds
+    bytes_in: int  # request body bytes received from the client
+    bytes_out: int  # response body bytes sent to the client
+    circuit_state: str  # "closed" until breakers exist
+    error: str  # the SPEC §4.6 code of a generated answer, "" otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    """One attempt to one endpoint is classified (headers arrived, or it failed)."""
+
+    upstream: str
+    endpoint: str
+    result: AttemptResult
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStarted:
+    """Every listener and the admin API are bound; the sidecar is ready."""
+
+    listeners: tuple[tuple[str, str], ...]  # (name, "host:port")
+    admin: str
+    config_source: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownStarted:
+    """A SIGTERM/SIGINT arrived: readiness is off, draining begins."""
+
+    signal: str
+    drain_delay: float
+    drain_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersClosed:
+    """The drain delay passed; no new connections are accepted."""
+
+    inflight: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownFinished:
+    """The process is about to exit; `abandoned` requests were still in flight at the deadline."""
+
+    abandoned: int
+    forced: bool  # a second signal cut the drain short
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyFault:
+    """An unexpected exception in the request path (a bug); the client got a 500."""
+
+    request_id: str
+    detail: str
+
+
+Event = (
+    RequestFinished
+    | AttemptFinished
+    | ServerStarted
+    | ShutdownStarted
+    | ListenersClosed
+    | ShutdownFinished
+    | ProxyFault
+)
+
+
+class Observer(Protocol):
+    """Receives every event; must be fast, as it runs on the request path."""
+
+    def notify(self, event: Event) -> None: ...
+
+
+class Observers:
+    """Fan-out to observers; an observer that raises is reported on stderr and skipped."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: list[Observer] | None = None) -> None:
+        self._observers: tuple[Observer, ...] = tuple(observers or ())
+
+    def add(self, observer: Observer) -> None:
+        self._observers = (*self._observers, observer)
+
+    def emit(self, event: Event) -> None:
+        for observer in self._observers:
+            try:
+                observer.notify(event)
+            except Exception:  # noqa: BLE001 - a broken observer must never fail a request
+                sys.stderr.write(f"observer {observer!r} failed on {type(event).__name__}:\n")
+                traceback.print_exc(file=sys.stderr)
+
+    def __repr__(self) -> str:
+        return f"Observers({len(self._observers)})"

@@ -1,0 +1,186 @@
+"""Every Prometheus metric of the sidecar, declared in this one module (SPEC §7).
+
+`SidecarMetrics` is an event observer: stages emit events, this module turns them into
+samples on a `CollectorRegistry` that the caller passes in, so there are no global metric
+objects and tests get a fresh registry each. New metrics (retries, circuit state, fallbacks,
+cache, faults, config reloads) are declared in `SidecarMetrics.__init__` and fed from a
+`case` in `notify`, next to the ones here.
+
+It runs on the request path at tens of thousands of events per second, so the label children
+of the hot metrics are bound once per label set and kept in a dict keyed by the raw label
+tuple; `labels()` runs only on a miss. It must never do I/O or block, and it must not read
+live state on the request path: gauges of live state (in-flight) are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from sidecar.events import AttemptFinished, Event, RequestFinished
+from sidecar.outcome import AttemptResult, Outcome
+
+# Proxy latencies span a cache-local 1 ms to a 60 s report route; these bounds keep the
+# p50/p99 of both readable while staying at 15 series per (upstream, outcome).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+# Any other token a client sends as a method becomes "OTHER": a label value per arbitrary
+# token would let one misbehaving client create unbounded series.
+STANDARD_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "OTHER"
+
+InflightSource = Callable[[], Mapping[str, int]]
+_RequestKey = tuple[str, str, str, int, Outcome]
+_RequestChildren = tuple[Counter, Histogram]
+_AttemptKey = tuple[str, str, AttemptResult]
+
+
+def _no_inflight() -> Mapping[str, int]:
+    """The source before the runtime sets one: nothing is in flight."""
+    return {}
+
+
+class InflightCollector:
+    """`sidecar_inflight_requests{upstream}`, read from the runtime at scrape time.
+
+    Counting in-flight requests is the bulkheads' job; copying their counts into a gauge on
+    every request would cost two updates per request for a value only a scrape reads.
+    """
+
+    __slots__ = ("_source",)
+
+    NAME = "sidecar_inflight_requests"
+    HELP = "Requests in flight to each upstream, read at scrape time."
+
+    def __init__(self) -> None:
+        self._source: InflightSource = _no_inflight
+
+    def set_source(self, source: InflightSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        """Names the metric without calling the source, so registering has no side effect."""
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream",))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream",))
+        for upstream, count in self._source().items():
+            family.add_metric((upstream,), count)
+        yield family
+
+    def __repr__(self) -> str:
+        return f"InflightCollector(source={self._source!r})"
+
+
+class SidecarMetrics:
+    """The sidecar's metrics on one registry; an `Observer` of the request and attempt events."""
+
+    __slots__ = (
+        "_attempt_children",
+        "_attempts",
+        "_build_info",
+        "_duration",
+        "_inflight",
+        "_request_children",
+        "_requests",
+    )
+
+    def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self._requests = Counter(
+            "sidecar_requests_total",
+            "Downstream requests by upstream, route, method, status code and outcome.",
+            ("upstream", "route", "method", "code", "outcome"),
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "sidecar_request_duration_seconds",
+            "Time from request received to response finished, by upstream and outcome.",
+            ("upstream", "outcome"),
+            registry=registry,
+            buckets=DURATION_BUCKETS,
+        )
+        self._attempts = Counter(
+            "sidecar_upstream_attempts_total",
+            "Attempts sent to each endpoint, by classified result.",
+            ("upstream", "endpoint", "result"),
+            registry=registry,
+        )
+        self._build_info = Gauge(
+            "sidecar_build_info",
+            "Always 1; the label carries the running sidecar version.",
+            ("version",),
+            registry=registry,
+        )
+        self._build_info.labels(version).set(1)
+        self._inflight = InflightCollector()
+        registry.register(self._inflight)
+        self._request_children: dict[_RequestKey, _RequestChildren] = {}
+        self._attempt_children: dict[_AttemptKey, Counter] = {}
+
+    def set_inflight_source(self, source: InflightSource) -> None:
+        """Where `sidecar_inflight_requests` reads upstream → in-flight count at scrape time."""
+        self._inflight.set_source(source)
+
+    def notify(self, event: Event) -> None:
+        match event:
+            case RequestFinished():
+                self._on_request(event)
+            case AttemptFinished():
+                self._on_attempt(event)
+            case _:
+                pass  # lifecycle events carry no metric (yet)
+
+    def _on_request(self, event: RequestFinished) -> None:
+        method = event.method
+        if method not in STANDARD_METHODS:
+            method = OTHER_METHOD
+        key = (event.upstream, event.route, method, event.status, event.outcome)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._bind_request(key)
+        children[0].inc()
+        children[1].observe(event.duration)
+
+    def _bind_request(self, key: _RequestKey) -> _RequestChildren:
+        """Label children for a label set not seen before; the only place labels() runs."""
+        upstream, route, method, status, outcome = key
+        children = (
+            self._requests.labels(upstream, route, method, str(status), outcome.value),
+            self._duration.labels(upstream, outcome.value),
+        )
+        self._request_children[key] = children
+        return children
+
+    def _on_attempt(self, event: AttemptFinished) -> None:
+        key = (event.upstream, event.endpoint, event.result)
+        child = self._attempt_children.get(key)
+        if child is None:
+            child = self._attempts.labels(event.upstream, event.endpoint, event.result.value)
+            self._attempt_children[key] = child
+        child.inc()
+
+    def __repr__(self) -> str:
+        return (
+            f"SidecarMetrics(request_label_sets={len(self._request_children)}, "
+            f"attempt_label_sets={len(self._attempt_children)})"
+        )

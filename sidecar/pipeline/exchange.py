@@ -1,0 +1,156 @@
+"""One request's journey through the sidecar, and the seams the stages see.
+
+An `Exchange` is built by the downstream protocol once the request head is parsed and is
+what every stage reads and annotates. Stages never see sockets: they answer through the
+`Responder` (the downstream side) and reach endpoints through a `Transport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.outcome import Outcome
+from sidecar.wire.body import RequestBody
+from sidecar.wire.flow import BodySink
+from sidecar.wire.headers import Headers
+
+if TYPE_CHECKING:
+    from sidecar.errors import ProxyError
+    from sidecar.pipeline.route import Route
+    from sidecar.upstream.group import Upstream
+    from sidecar.upstream.pool import EndpointPool
+
+
+class UpstreamResponse(Protocol):
+    """A response whose head has arrived; its body is still streaming in."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+    content_length: int | None
+    has_body: bool
+
+    @property
+    def body_complete(self) -> bool: ...
+
+    def take_buffered_body(self) -> list[bytes]: ...
+
+    async def stream_to(self, sink: BodySink) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class Responder(Protocol):
+    """The client side of an exchange: the only way a stage answers."""
+
+    @property
+    def head_sent(self) -> bool: ...
+
+    async def relay(self, exchange: Exchange, response: UpstreamResponse) -> None: ...
+
+    def send_error(self, exchange: Exchange, error: ProxyError) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def finished(self, exchange: Exchange) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends an exchange's request to one endpoint; resolves when the response head arrives."""
+
+    async def send(
+        self, pool: EndpointPool, exchange: Exchange, deadline: float, connect_timeout: float, idle_timeout: float
+    ) -> UpstreamResponse: ...
+
+
+Stage = Callable[["Exchange"], Awaitable[None]]
+
+
+class Exchange:
+    """Mutable per-request state; one object per request, slotted to stay cheap."""
+
+    __slots__ = (
+        "attempts",
+        "authority",
+        "body",
+        "bytes_out",
+        "client_http11",
+        "client_keep_alive",
+        "content_length",
+        "deadline",
+        "error",
+        "forward_headers",
+        "head_only",
+        "host_header",
+        "listener",
+        "method",
+        "outcome",
+        "path",
+        "request_id",
+        "request_id_generated",
+        "responder",
+        "route",
+        "started",
+        "status",
+        "target",
+        "upstream",
+        "wall_started",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: bytes,
+        target: bytes,
+        path: bytes,
+        authority: str,
+        host_header: bytes | None,
+        forward_headers: bytes,
+        request_id: str,
+        request_id_generated: bool,
+        body: RequestBody | None,
+        content_length: int | None,
+        listener: str,
+        responder: Responder,
+        client_http11: bool,
+        client_keep_alive: bool,
+        started: float,
+        wall_started: float,
+    ) -> None:
+        self.method = method
+        self.target = target  # forwarded byte for byte (origin form)
+        self.path = path  # target without the query, for routing and logs
+        self.authority = authority  # normalised host:port the request is for
+        self.host_header = host_header  # None: use the endpoint's authority
+        self.forward_headers = forward_headers  # serialised end-to-end headers
+        self.request_id = request_id
+        self.request_id_generated = request_id_generated
+        self.body = body
+        self.content_length = content_length
+        self.head_only = method == b"HEAD"
+        self.listener = listener
+        self.responder = responder
+        self.client_http11 = client_http11
+        self.client_keep_alive = client_keep_alive
+        self.started = started
+        self.wall_started = wall_started
+        self.deadline = 0.0
+        self.upstream: Upstream | None = None
+        self.route: Route | None = None
+        self.attempts = 0
+        self.status = 0
+        self.bytes_out = 0
+        self.outcome = Outcome.SUCCESS
+        self.error = ""
+
+    @property
+    def bytes_in(self) -> int:
+        return self.body.size if self.body is not None else 0
+
+    def __repr__(self) -> str:
+        upstream = self.upstream.name if self.upstream is not None else "-"
+        return (
+            f"<Exchange {self.request_id} {self.method.decode()} {self.path.decode(errors='replace')}"
+            f" upstream={upstream} attempts={self.attempts} status={self.status}>"
+        )

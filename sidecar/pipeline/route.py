@@ -1,0 +1,202 @@
+"""Step 1 of the pipeline: listener → upstream → first matching route → effective policy.
+
+Everything here is decided once per config: host tables, compiled route matchers and each
+route's stage chain. Per request the router does a dict lookup and a short scan of routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sidecar.config import Endpoint, RouteConfig, SidecarConfig, UnknownHosts, UpstreamConfig
+from sidecar.errors import UnknownUpstreamError
+from sidecar.pipeline.exchange import Stage
+from sidecar.upstream.group import Upstream
+from sidecar.upstream.loopguard import LoopGuard
+
+OVERFLOW_UPSTREAM = "other"
+DEFAULT_ROUTE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatcher:
+    """The `match:` of a route; an absent field matches everything."""
+
+    path: bytes | None
+    path_prefix: bytes | None
+    methods: frozenset[bytes] | None
+
+    def matches(self, method: bytes, path: bytes) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.path is not None:
+            return path == self.path
+        if self.path_prefix is not None:
+            return path.startswith(self.path_prefix)
+        return True
+
+
+class Route:
+    """A route's effective policy as plain floats, and its composed stage chain."""
+
+    __slots__ = ("config", "connect", "idle", "label", "matcher", "per_try", "pipeline", "total")
+
+    def __init__(self, label: str, config: RouteConfig | UpstreamConfig, matcher: RouteMatcher | None) -> None:
+        self.label = label
+        self.config = config
+        self.matcher = matcher
+        timeouts = config.timeouts
+        self.connect = timeouts.connect
+        self.per_try = timeouts.per_try
+        self.total = timeouts.total
+        self.idle = timeouts.idle
+        self.pipeline: Stage | None = None
+
+    def __repr__(self) -> str:
+        return f"Route({self.label!r}, per_try={self.per_try}, total={self.total})"
+
+
+class RouteTable:
+    """An upstream's routes in order, then its default route."""
+
+    __slots__ = ("default", "routes")
+
+    def __init__(self, routes: list[Route], default: Route) -> None:
+        self.routes = tuple(routes)
+        self.default = default
+
+    def match(self, method: bytes, path: bytes) -> Route:
+        for route in self.routes:
+            matcher = route.matcher
+            if matcher is not None and matcher.matches(method, path):
+                return route
+        return self.default
+
+
+StageBuilder = Callable[[Upstream, Route], Stage]
+
+
+class Router:
+    """Finds the upstream and route for a request; creates implicit upstreams on demand."""
+
+    __slots__ = (
+        "_build_stages",
+        "_by_authority",
+        "_by_host",
+        "_config",
+        "_implicit",
+        "_loop",
+        "_loop_guard",
+        "_rng",
+        "upstreams",
+    )
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        loop: asyncio.AbstractEventLoop,
+        loop_guard: LoopGuard,
+        build_stages: StageBuilder,
+        rng: random.Random,
+    ) -> None:
+        self._config = config
+        self._loop = loop
+        self._loop_guard = loop_guard
+        self._build_stages = build_stages
+        self._rng = rng
+        self.upstreams: dict[str, Upstream] = {}
+        self._by_authority: dict[str, Upstream] = {}
+        self._by_host: dict[str, Upstream] = {}
+        self._implicit: dict[str, Upstream] = {}
+        for name, upstream_config in config.upstreams.items():
+            upstream = self._compile(upstream_config)
+            self.upstreams[name] = upstream
+            for host in upstream_config.hosts:
+                if _has_port(host):
+                    self._by_authority[host] = upstream
+                else:
+                    self._by_host[host] = upstream
+
+    def dedicated(self, name: str) -> Upstream:
+        return self.upstreams[name]
+
+    def by_authority(self, authority: str) -> Upstream:
+        """The upstream claiming `host:port` (normalised), or an implicit one, or 403."""
+        upstream = self._by_authority.get(authority)
+        if upstream is not None:
+            return upstream
+        host = authority.rpartition(":")[0]
+        upstream = self._by_host.get(host)
+        if upstream is not None:
+            return upstream
+        if self._config.forward.unknown_hosts == UnknownHosts.DENY:
+            raise UnknownUpstreamError(f"no upstream is configured for host {host!r}")
+        return self._implicit_upstream(authority)
+
+    def _implicit_upstream(self, authority: str) -> Upstream:
+        upstream = self._implicit.get(authority)
+        if upstream is not None:
+            return upstream
+        if len(self._implicit) >= self._config.forward.max_implicit_upstreams:
+            upstream = self._implicit.get(OVERFLOW_UPSTREAM)
+            if upstream is None:
+                upstream = self._compile(self._config.implicit_upstream(OVERFLOW_UPSTREAM, None))
+                self._implicit[OVERFLOW_UPSTREAM] = upstream
+            return upstream
+        endpoint = Endpoint.parse(f"http://{authority}")
+        upstream = self._compile(self._config.implicit_upstream(authority, endpoint))
+        self._implicit[authority] = upstream
+        return upstream
+
+    def all_upstreams(self) -> list[Upstream]:
+        return [*self.upstreams.values(), *self._implicit.values()]
+
+    def _compile(self, config: UpstreamConfig) -> Upstream:
+        upstream = Upstream(config, self._loop, self._loop_guard, self._rng)
+        routes = []
+        for index, route_config in enumerate(config.routes):
+            match = route_config.match
+            matcher = RouteMatcher(
+                path=match.path.encode() if match.path is not None else None,
+                path_prefix=match.path_prefix.encode() if match.path_prefix is not None else None,
+                methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
+            )
+            label = route_config.name or match.path or match.path_prefix or f"route-{index}"
+            routes.append(Route(label, route_config, matcher))
+        default = Route(DEFAULT_ROUTE, config, None)
+        for route in (*routes, default):
+            route.pipeline = self._build_stages(upstream, route)
+        upstream.routes = RouteTable(routes, default)
+        return upstream
+
+    def close(self) -> None:
+        for upstream in self.all_upstreams():
+            upstream.close()
+
+    def __repr__(self) -> str:
+        return f"Router(upstreams={len(self.upstreams)}, implicit={len(self._implicit)})"
+
+
+def _has_port(host: str) -> bool:
+    return host.rsplit(":", 1)[-1].isdigit() and not host.endswith("]")
+
+
+def normalise_authority(raw: bytes, default_port: int) -> str:
+    """`Payments:8080` → `payments:8080`; `payments` → `payments:80`; IPv6 keeps brackets."""
+    text = raw.decode("ascii", "strict").strip().lower()
+    if text.startswith("["):
+        close = text.find("]")
+        if close == -1:
+            raise ValueError("unterminated IPv6 literal")
+        host, rest = text[: close + 1], text[close + 1 :]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.partition(":")
+    if not host or any(c in host for c in "/@?# \t"):
+        raise ValueError("invalid host")
+    if port and not port.isdigit():
+        raise ValueError("invalid port")
+    return f"{host}:{port or default_port}"

@@ -1,0 +1,245 @@
+"""The daemon's lifecycle as one readable sequence: build → bind → serve → drain → exit.
+
+Signals are wired here and nowhere else. Binding happens before anything is served, so a
+port in use fails the start with exit code 1 and the port named. Shutdown follows SPEC §6:
+readiness off at once, keep serving for `drain_delay`, stop accepting, let in-flight
+requests finish within `drain_timeout`, exit 0; a second signal cuts the drain short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sidecar import __version__
+from sidecar.clock import LoopClock
+from sidecar.config import SidecarConfig
+from sidecar.events import ListenersClosed, Observers, ServerStarted, ShutdownFinished, ShutdownStarted
+from sidecar.observe.logs import AccessLog, EventLog
+from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.writer import LineWriter
+from sidecar.pipeline.stages import build_stages
+from sidecar.pipeline.route import Router
+from sidecar.server.admin import AdminState, build_admin_app
+from sidecar.server.downstream import DownstreamProtocol
+from sidecar.server.listener import ConnectionLimiter, Listener
+from sidecar.server.proxy import ListenerState, ProxyServer
+from sidecar.server.readiness import Readiness
+from sidecar.upstream.loopguard import LoopGuard
+from sidecar.upstream.transport import HttpTransport
+
+
+class StartupError(Exception):
+    """The sidecar could not start (a port in use, an unreadable file); exit code 1."""
+
+
+@dataclass
+class Runtime:
+    """One running sidecar: its listeners, admin API, observers and shutdown sequence."""
+
+    config: SidecarConfig
+    source: str
+    log_level: str = "info"
+    log_format: str = "json"
+    stream: Any = field(default_factory=lambda: sys.stdout.buffer)
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    readiness: Readiness = field(default_factory=Readiness)
+    listeners: list[Listener] = field(default_factory=list)
+    admin_address: tuple[str, int] = ("", 0)
+    server: ProxyServer | None = None
+    _admin_runner: web.AppRunner | None = None
+    _writer: LineWriter | None = None
+    _event_log: EventLog | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _signals: int = 0
+    _stop_signal: str = "SIGTERM"
+    _forced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # ---- start -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build everything, bind every socket, then start serving; raises `StartupError`."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        clock = LoopClock(loop)
+        self._writer = LineWriter(self.stream)
+        self._writer.start_periodic_flush(loop)
+        metrics = SidecarMetrics(self.registry, __version__)
+        self._event_log = EventLog(self._writer, self.log_level, self.log_format)
+        observers = Observers([metrics, self._event_log])
+        if config.access_log.enabled:
+            observers.add(AccessLog(self._writer, config.access_log.include_query, self.log_format))
+        loop_guard = LoopGuard()
+        transport = HttpTransport(loop)
+        rng = random.Random()
+
+        def stages(upstream: Any, route: Any) -> Any:
+            return build_stages(upstream, route, transport, clock, observers)
+
+        router = Router(config, loop, loop_guard, stages, rng)
+        server = ProxyServer(config, router, loop, clock, observers, loop_guard)
+        self.server = server
+        metrics.set_inflight_source(lambda: {u.name: u.inflight for u in server.router.all_upstreams()})
+        limiter = ConnectionLimiter(config.limits.max_connections)
+        server.limiter = limiter
+
+        # Bind first: nothing is served until every address is ours.
+        for listener_config in config.listeners:
+            state = ListenerState(listener_config.name, listener_config.upstream)
+            listener = Listener(
+                listener_config.name, loop, lambda state=state: DownstreamProtocol(server, state), limiter
+            )
+            try:
+                listener.bind(listener_config.bind)
+            except OSError as exc:
+                self._close_listeners()
+                raise StartupError(
+                    f"listener {listener_config.name!r} cannot bind {listener_config.bind}: {exc.strerror or exc}"
+                ) from None
+            self.listeners.append(listener)
+            loop_guard.add(*listener.address)
+        await self._start_admin(loop_guard)
+
+        for listener in self.listeners:
+            listener.start()
+        self.readiness.mark_ready()
+        observers.emit(
+            ServerStarted(
+                listeners=tuple((listener.name, _format_address(listener.address)) for listener in self.listeners),
+                admin=_format_address(self.admin_address),
+                config_source=self.source,
+                version=__version__,
+            )
+        )
+
+    async def _start_admin(self, loop_guard: LoopGuard) -> None:
+        config = self.config
+        state = AdminState(
+            registry=self.registry,
+            readiness=self.readiness,
+            config_view=lambda: self.config.model_dump(mode="json", exclude_none=False),
+        )
+        runner = web.AppRunner(build_admin_app(state), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, config.admin.bind.host, config.admin.bind.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._close_listeners()
+            raise StartupError(f"admin API cannot bind {config.admin.bind}: {exc.strerror or exc}") from None
+        self._admin_runner = runner
+        server = site._server  # the bound port matters when the config asks for port 0
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.admin_address = sockets[0].getsockname()[:2]
+            loop_guard.add(*self.admin_address)
+
+    # ---- serve and shut down --------------------------------------------------------------------
+
+    def request_shutdown(self, signame: str = "SIGTERM") -> None:
+        """First call starts the drain; a second one cuts it short."""
+        self._signals += 1
+        if self._signals == 1:
+            self._stop_signal = signame
+            self._stop.set()
+        else:
+            self._forced.set()
+
+    async def wait_and_drain(self) -> int:
+        """Serve until asked to stop, then drain exactly as SPEC §6 says; returns the exit code."""
+        await self._stop.wait()
+        server = self.server
+        assert server is not None
+        shutdown = self.config.shutdown
+        self.readiness.mark_draining()
+        server.observers.emit(
+            ShutdownStarted(self._stop_signal, shutdown.drain_delay, shutdown.drain_timeout)
+        )
+        # 1. Keep serving new requests: the application may still be making calls.
+        await self._unless_forced(asyncio.sleep(shutdown.drain_delay))
+        # 2. Stop accepting; idle keep-alive connections close, busy ones after their answer.
+        server.draining = True
+        self._close_listeners()
+        server.close_idle_connections()
+        server.observers.emit(ListenersClosed(server.connection_count))
+        # 3. Let in-flight requests finish, up to drain_timeout.
+        if not self._forced.is_set():
+            try:
+                async with asyncio.timeout(shutdown.drain_timeout):
+                    await self._unless_forced(server.wait_connections_closed())
+            except TimeoutError:
+                pass
+        abandoned = server.connection_count
+        server.abort_all()
+        server.router.close()
+        server.observers.emit(ShutdownFinished(abandoned=abandoned, forced=self._forced.is_set()))
+        await self.close()
+        return 0
+
+    async def _unless_forced(self, awaitable: Any) -> None:
+        """Wait for `awaitable` unless a second signal arrives first."""
+        work = asyncio.ensure_future(awaitable)
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            await asyncio.wait({work, forced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, forced):
+                if not task.done():
+                    task.cancel()
+
+    async def close(self) -> None:
+        self._close_listeners()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        if self._writer is not None:
+            self._writer.close()
+
+    def _close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Bound address per listener name (useful when the config asked for port 0)."""
+        return {listener.name: listener.address for listener in self.listeners}
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(runtime: Runtime) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        await runtime.start()
+    except StartupError as exc:
+        sys.stderr.write(f"sidecar: {exc}\n")
+        await runtime.close()
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runtime.request_shutdown, signal.Signals(signum).name)
+    try:
+        return await runtime.wait_and_drain()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run_sidecar(config: SidecarConfig, source: str, log_level: str = "info", log_format: str = "json") -> int:
+    """Run the daemon until it is told to stop; the exit code of SPEC §2."""
+    runtime = Runtime(config=config, source=source, log_level=log_level, log_format=log_format)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(_serve(runtime))
+    return uvloop.run(_serve(runtime))

@@ -1,0 +1,113 @@
+"""CONNECT tunnels (SPEC §1): TCP to the target, then bytes both ways, untouched.
+
+The sidecar applies the connect timeout, loop protection and the upstream's routing to the
+tunnel's target; once the tunnel is up nothing in it is parsed, retried or intercepted.
+Back-pressure works like the HTTP path: each side pauses the other's reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.server.downstream import DownstreamProtocol
+
+ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+
+
+class Tunnel:
+    """The downstream half of a tunnel: buffers early bytes until the upstream is connected."""
+
+    __slots__ = ("_closed", "_done", "_downstream", "_early", "_upstream", "bytes_in", "bytes_out")
+
+    def __init__(self, downstream: DownstreamProtocol, early: bytes) -> None:
+        self._downstream = downstream
+        self._early: list[bytes] = [early] if early else []
+        self._upstream: asyncio.Transport | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._closed = False
+        self.bytes_in = len(early)
+        self.bytes_out = 0
+
+    def connected(self, upstream: asyncio.Transport, done: asyncio.Future[None]) -> None:
+        """The upstream TCP connection is up: flush early bytes and start splicing."""
+        self._upstream = upstream
+        self._done = done
+        for piece in self._early:
+            upstream.write(piece)
+        self._early.clear()
+
+    def to_upstream(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self._upstream is not None:
+            self._upstream.write(data)
+        else:
+            self._early.append(data)
+
+    def to_downstream(self, data: bytes, transport: asyncio.Transport | None) -> None:
+        self.bytes_out += len(data)
+        if transport is not None:
+            transport.write(data)
+
+    def downstream_eof(self) -> None:
+        if self._upstream is not None and self._upstream.can_write_eof():
+            self._upstream.write_eof()
+
+    def pause_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def resume_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.resume_reading()
+
+    def close(self) -> None:
+        """Either side went away: close the other and end the tunnel."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._upstream is not None:
+            self._upstream.close()
+        self._downstream.close()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"Tunnel(in={self.bytes_in}, out={self.bytes_out}, up={self._upstream is not None})"
+
+
+class TunnelUpstream(asyncio.Protocol):
+    """The upstream half: bytes from the target go straight to the client."""
+
+    __slots__ = ("_downstream_transport", "_transport", "_tunnel")
+
+    def __init__(self, tunnel: Tunnel, downstream_transport: asyncio.Transport | None) -> None:
+        self._tunnel = tunnel
+        self._downstream_transport = downstream_transport
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._tunnel.to_downstream(data, self._downstream_transport)
+
+    def eof_received(self) -> bool:
+        downstream = self._downstream_transport
+        if downstream is not None and downstream.can_write_eof():
+            downstream.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tunnel.close()
+
+    def pause_writing(self) -> None:
+        if self._downstream_transport is not None:
+            self._downstream_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._downstream_transport is not None:
+            self._downstream_transport.resume_reading()

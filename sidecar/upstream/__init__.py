@@ -1,0 +1,1 @@
+"""Everything that talks to upstream endpoints: connections, pools, balancing, transport."""

@@ -1,0 +1,403 @@
+"""One keep-alive HTTP/1.1 connection to an endpoint, carrying one exchange at a time.
+
+An asyncio `Protocol` with llhttp (httptools) parsing the responses. It owns the framing of
+the request it writes and the validation of the response head it reads; it hands body bytes
+to a `BodySink` as they arrive and pauses its socket when the sink says so. It knows nothing
+of routes, retries or the client: `transport.py` drives it, `pool.py` keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+from sidecar.errors import BodyStreamError, UpstreamProtocolError, UpstreamResetError
+from sidecar.outcome import AttemptResult
+from sidecar.wire.flow import BodySink, Producer
+from sidecar.wire.framing import CRLF, LAST_CHUNK, chunk
+from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens, is_valid_value
+
+if TYPE_CHECKING:
+    from sidecar.upstream.pool import EndpointPool
+
+# Response bodies buffered before a sink is attached (a retry decision, or the task not yet
+# scheduled) beyond this pause the socket rather than grow memory.
+_PRE_SINK_BUFFER = 256 * 1024
+
+_IDLE, _AWAITING_HEAD, _STREAMING, _DONE = range(4)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A pooled upstream connection; also the `UpstreamResponse` its current exchange reads."""
+
+    __slots__ = (
+        "_body_buffer",
+        "_body_buffered_bytes",
+        "_body_error",
+        "_chunked_request",
+        "_closed",
+        "_connection_named",
+        "_done",
+        "_head_future",
+        "_head_only",
+        "_idle_handle",
+        "_idle_timeout",
+        "_last_activity",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_request_producer",
+        "_request_sent",
+        "_sink",
+        "_state",
+        "_te_chunked",
+        "_timed_out",
+        "_transport",
+        "_write_paused",
+        "close_delimited",
+        "content_length",
+        "has_body",
+        "headers",
+        "keep_alive",
+        "reason",
+        "requests_served",
+        "status",
+    )
+
+    def __init__(self, pool: EndpointPool, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._state = _IDLE
+        self._closed = False
+        self._head_future: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._sink: BodySink | None = None
+        self._body_buffer: list[bytes] = []
+        self._body_buffered_bytes = 0
+        self._body_error: BaseException | None = None
+        self._head_only = False
+        self._chunked_request = False
+        self._request_sent = False
+        self._request_producer: Producer | None = None
+        self._write_paused = False
+        self._paused = False
+        self._idle_timeout = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._timed_out = False
+        self._te_chunked = False
+        self._connection_named: set[bytes] = set()
+        self.requests_served = 0
+        self.status = 0
+        self.reason = b""
+        self.headers: Headers = []
+        self.content_length: int | None = None
+        self.has_body = True
+        self.close_delimited = False
+        self.keep_alive = False
+
+    # ---- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _IDLE or self._state == _DONE:
+            # Bytes nobody asked for: the connection can no longer be trusted.
+            self.close()
+            return
+        self._last_activity = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            detail = str(cause) if isinstance(cause, _InvalidHead) else f"malformed response: {exc}"
+            self._fail(UpstreamProtocolError(detail))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_idle_timer()
+        state = self._state
+        if state == _AWAITING_HEAD:
+            self._fail(UpstreamResetError("upstream closed the connection before the response headers"))
+        elif state == _STREAMING:
+            if self.close_delimited and not self._timed_out:
+                self._message_complete()
+            elif self._timed_out:
+                self._fail_body(BodyStreamError("body idle timeout", AttemptResult.TIMEOUT))
+            else:
+                self._fail_body(BodyStreamError("upstream reset mid-body", AttemptResult.RESET))
+        self._pool.forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._request_producer is not None:
+            self._request_producer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._request_producer is not None:
+            self._request_producer.resume_reading()
+
+    # ---- llhttp callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._te_chunked = False
+        self.headers = []
+        self._connection_named = set()
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state != _AWAITING_HEAD:
+            return  # trailers: never forwarded
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"content-length":
+                self.content_length = int(value)
+            elif lower == b"transfer-encoding":
+                self._te_chunked = True  # llhttp accepts it only with `chunked` last
+            elif lower == b"connection":
+                self._connection_named |= connection_tokens(value)
+            return
+        if not is_valid_value(value):
+            raise _InvalidHead(f"invalid value for response header {name!r}")
+        self.headers.append((lower, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise _InvalidHead("upstream switched protocols without being asked to")
+            self.content_length = None  # interim response (100, 103): wait for the real one
+            return
+        self.status = status
+        if self._connection_named:
+            self.headers = [h for h in self.headers if h[0] not in self._connection_named]
+        self.has_body = not (self._head_only or status == 204 or status == 304)
+        self.close_delimited = (
+            self.has_body and self.content_length is None and not self._te_chunked
+        )
+        self._state = _STREAMING
+        head_future = self._head_future
+        if head_future is not None and not head_future.done():
+            head_future.set_result(None)
+        if self._head_only:
+            # llhttp cannot be told a HEAD response has no body; end the message ourselves
+            # and give the connection a fresh parser for its next exchange.
+            self.keep_alive = self._parser.should_keep_alive()
+            self._parser = httptools.HttpResponseParser(self)
+            self._message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.write_body(body)
+            return
+        self._body_buffer.append(body)
+        self._body_buffered_bytes += len(body)
+        if self._body_buffered_bytes > _PRE_SINK_BUFFER and self._transport is not None:
+            self.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._state != _STREAMING:
+            return  # an interim 1xx message
+        self.keep_alive = self._parser.should_keep_alive()
+        self._message_complete()
+
+    # ---- the request side ----------------------------------------------------------------
+
+    def start(self, head: bytes, *, head_only: bool, chunked: bool, idle_timeout: float) -> asyncio.Future[None]:
+        """Send a request head; the future resolves when the response head has arrived."""
+        assert self._transport is not None and self._state == _IDLE
+        self._state = _AWAITING_HEAD
+        self._head_only = head_only
+        self._chunked_request = chunked
+        self._request_sent = False
+        self._idle_timeout = idle_timeout
+        self._last_activity = self._loop.time()
+        self._timed_out = False
+        self.content_length = None
+        self.status = 0
+        self._body_buffer = []
+        self._body_buffered_bytes = 0
+        self._body_error = None
+        self._sink = None
+        self._head_future = self._loop.create_future()
+        self._done = None
+        self._transport.write(head)
+        return self._head_future
+
+    def write_body(self, data: bytes) -> None:
+        """Request body bytes from the client, framed as the head announced."""
+        if self._transport is None or self._closed or not data:
+            return
+        self._last_activity = self._loop.time()
+        if self._chunked_request:
+            self._transport.writelines(chunk(data))
+        else:
+            self._transport.write(data)
+
+    def end_body(self) -> None:
+        """The request body is complete (or there was none)."""
+        self._request_sent = True
+        if self._transport is not None and not self._closed and self._chunked_request:
+            self._transport.write(LAST_CHUNK)
+
+    def set_producer(self, producer: Producer | None) -> None:
+        """The downstream socket that feeds this request's body (paused when we are full)."""
+        self._request_producer = producer
+        if producer is not None and self._write_paused:
+            producer.pause_reading()
+
+    def arm_idle_timer(self) -> None:
+        """Watch for gaps longer than `idle` between body chunks in either direction."""
+        if self._idle_handle is None and self._idle_timeout > 0:
+            self._idle_handle = self._loop.call_at(self._last_activity + self._idle_timeout, self._check_idle)
+
+    # ---- the response side (UpstreamResponse) ----------------------------------------------
+
+    @property
+    def body_complete(self) -> bool:
+        return self._state == _DONE
+
+    def take_buffered_body(self) -> list[bytes]:
+        """Body chunks that arrived before a sink was attached (handed over once)."""
+        chunks = self._body_buffer
+        self._body_buffer = []
+        self._body_buffered_bytes = 0
+        return chunks
+
+    async def stream_to(self, sink: BodySink) -> None:
+        """Pipe the rest of the body into `sink`; raises `BodyStreamError` if it breaks off."""
+        if self._body_error is not None:
+            raise self._body_error
+        if self._state == _DONE:
+            for piece in self.take_buffered_body():
+                sink.write_body(piece)
+            sink.end_body()
+            return
+        for piece in self.take_buffered_body():
+            sink.write_body(piece)
+        self._sink = sink
+        sink.set_producer(self)
+        self._done = self._loop.create_future()
+        if self._paused:
+            self.resume_reading()
+        self.arm_idle_timer()
+        try:
+            await self._done
+        finally:
+            sink.set_producer(None)
+
+    def discard(self) -> None:
+        """The exchange no longer wants this response: the connection cannot be reused."""
+        self._sink = None
+        self.close()
+
+    # ---- Producer (for the downstream sink) ---------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self._paused and self._transport is not None and not self._closed:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self._transport is not None and not self._closed:
+            self._paused = False
+            self._transport.resume_reading()
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self._state == _DONE
+            and self.keep_alive
+            and self._request_sent
+            and not self._closed
+            and not self._paused
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._closed = True
+            self._transport.abort()
+
+    def reset_for_reuse(self) -> None:
+        self._state = _IDLE
+        self._sink = None
+        self._request_producer = None
+        self._head_future = None
+        self._done = None
+        self.requests_served += 1
+
+    def _message_complete(self) -> None:
+        self._state = _DONE
+        self._cancel_idle_timer()
+        sink = self._sink
+        if sink is not None:
+            sink.end_body()
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+        self._pool.release(self)
+
+    def _fail(self, error: Exception) -> None:
+        head_future = self._head_future
+        if self._state == _AWAITING_HEAD and head_future is not None and not head_future.done():
+            head_future.set_exception(error)
+            self._state = _DONE
+        elif self._state == _STREAMING:
+            self._fail_body(BodyStreamError(str(error), AttemptResult.PROTOCOL_ERROR))
+        self.abort()
+
+    def _fail_body(self, error: BodyStreamError) -> None:
+        self._state = _DONE
+        self._body_error = error
+        done = self._done
+        if done is not None and not done.done():
+            done.set_exception(error)
+
+    def _check_idle(self) -> None:
+        self._idle_handle = None
+        if self._state == _DONE or self._closed:
+            return
+        due = self._last_activity + self._idle_timeout
+        if self._loop.time() >= due:
+            self._timed_out = True
+            self.abort()
+        else:
+            self._idle_handle = self._loop.call_at(due, self._check_idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def __repr__(self) -> str:
+        states = ("idle", "awaiting-head", "streaming", "done")
+        return f"<UpstreamConnection {self._pool.endpoint.authority} {states[self._state]} served={self.requests_served} closed={self._closed}>"
+
+
+class _InvalidHead(Exception):
+    """Raised inside llhttp callbacks to abort parsing a response head we must refuse."""

@@ -1,0 +1,102 @@
+"""An upstream at run time: its endpoint pools, the balancer over them, its in-flight count.
+
+Built once per config from an `UpstreamConfig`. The shared overflow upstream for unknown
+hosts (`other`) has no fixed endpoints: it keeps one pool per authority it is asked for,
+bounded so a scan of many hosts cannot grow memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from sidecar.config import Endpoint, UpstreamConfig
+from sidecar.upstream.balancing import Balancer, make_balancer
+from sidecar.upstream.loopguard import LoopGuard
+from sidecar.upstream.pool import EndpointPool
+
+if TYPE_CHECKING:
+    from sidecar.pipeline.route import RouteTable
+
+# Pools the overflow upstream keeps for distinct authorities before closing the oldest.
+MAX_DYNAMIC_POOLS = 256
+
+
+class Upstream:
+    """A named group of endpoints sharing one policy."""
+
+    __slots__ = (
+        "_balancer",
+        "_dynamic",
+        "_loop",
+        "_loop_guard",
+        "_ssl",
+        "config",
+        "inflight",
+        "name",
+        "name_bytes",
+        "pools",
+        "routes",
+    )
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        loop: asyncio.AbstractEventLoop,
+        loop_guard: LoopGuard,
+        rng: random.Random,
+    ) -> None:
+        self.name = config.name
+        self.name_bytes = config.name.encode()
+        self.config = config
+        self._loop = loop
+        self._loop_guard = loop_guard
+        self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
+        self.pools = [
+            EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name) for e in config.endpoints
+        ]
+        self._balancer: Balancer | None = make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
+        self._dynamic: OrderedDict[str, EndpointPool] = OrderedDict()
+        self.inflight = 0
+        self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
+
+    def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
+        """The pool for the next attempt; the overflow upstream uses the request's authority."""
+        balancer = self._balancer
+        if balancer is not None:
+            return balancer.pick(avoid)
+        return self._dynamic_pool(authority)
+
+    def _dynamic_pool(self, authority: str) -> EndpointPool:
+        pool = self._dynamic.get(authority)
+        if pool is not None:
+            self._dynamic.move_to_end(authority)
+            return pool
+        pool = EndpointPool(Endpoint.parse(f"http://{authority}"), self._loop, self._loop_guard)
+        self._dynamic[authority] = pool
+        if len(self._dynamic) > MAX_DYNAMIC_POOLS:
+            _, oldest = self._dynamic.popitem(last=False)
+            oldest.close()
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+        for pool in self._dynamic.values():
+            pool.close()
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.name!r}, endpoints={len(self.pools)}, inflight={self.inflight})"
+
+
+def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
+    """TLS origination settings of one upstream (verify, ca_file); SNI is set per connection."""
+    context = ssl.create_default_context(cafile=str(config.tls.ca_file) if config.tls.ca_file else None)
+    if not config.tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context

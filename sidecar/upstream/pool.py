@@ -1,0 +1,121 @@
+"""Keep-alive connections to one endpoint: reuse idle ones, open new ones within `connect`.
+
+The pool does bookkeeping only; which endpoint to use is `balancing.py`'s decision and what
+to send is `transport.py`'s. A connection that is not provably reusable (response incomplete,
+request body not fully sent, `Connection: close`) is closed instead of returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from sidecar.config import Endpoint
+from sidecar.errors import LoopDetectedError, UpstreamConnectError
+from sidecar.upstream.connection import UpstreamConnection
+from sidecar.upstream.loopguard import LoopGuard
+
+# Idle connections kept per endpoint; more concurrent ones are closed when released.
+MAX_IDLE_PER_ENDPOINT = 128
+
+
+class EndpointPool:
+    """Idle connections to one endpoint plus the live in-flight count balancers read."""
+
+    __slots__ = (
+        "_closing",
+        "_idle",
+        "_loop",
+        "_loop_guard",
+        "_server_hostname",
+        "_ssl",
+        "endpoint",
+        "host_header",
+        "inflight",
+        "label",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        loop: asyncio.AbstractEventLoop,
+        loop_guard: LoopGuard,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.label = endpoint.url
+        default_port = 443 if endpoint.tls else 80
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        self.host_header = (host if endpoint.port == default_port else f"{host}:{endpoint.port}").encode()
+        self._loop = loop
+        self._loop_guard = loop_guard
+        self._ssl = ssl_context if endpoint.tls else None
+        self._server_hostname = (server_hostname or endpoint.host) if endpoint.tls else None
+        self._idle: list[UpstreamConnection] = []
+        self._closing = False
+        self.inflight = 0
+
+    async def acquire(self, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
+        """An idle connection (reused=True) or a new one; raises `UpstreamConnectError`."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn, True
+        return await self._connect(connect_timeout), False
+
+    async def _connect(self, connect_timeout: float) -> UpstreamConnection:
+        endpoint = self.endpoint
+        loop = self._loop
+        try:
+            async with asyncio.timeout(connect_timeout):
+                transport, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, loop),
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname,
+                )
+        except TimeoutError:
+            raise UpstreamConnectError(
+                f"no connection to {endpoint.authority} within {connect_timeout:g}s"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(f"TLS handshake with {endpoint.authority} failed: {exc.reason}") from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UpstreamConnectError(f"cannot connect to {endpoint.authority}: {reason}") from None
+        if self._loop_guard.is_own_address(transport.get_extra_info("peername")):
+            transport.abort()
+            raise LoopDetectedError(f"{endpoint.authority} is one of the sidecar's own listeners")
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Back to the idle list when provably reusable, else closed."""
+        if conn.reusable and not self._closing and len(self._idle) < MAX_IDLE_PER_ENDPOINT:
+            conn.reset_for_reuse()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed by the peer leaves the idle list at once."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Close every idle connection; in-flight ones close when their exchange ends."""
+        self._closing = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def __repr__(self) -> str:
+        return f"EndpointPool({self.endpoint.url}, idle={len(self._idle)}, inflight={self.inflight})"

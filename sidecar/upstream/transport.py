@@ -1,0 +1,119 @@
+"""The only way the pipeline reaches an endpoint: send a request, get a response head.
+
+Builds the request head (origin-form target byte for byte, the endpoint's or client's Host,
+end-to-end headers, re-derived framing), streams the body, and turns every foreign failure
+into the sidecar's own errors: a deadline into `UpstreamTimeoutError`, a reset into
+`UpstreamResetError`. A keep-alive connection the upstream had already closed is retried once
+on a fresh connection, but only when resending cannot duplicate a non-idempotent request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.errors import UpstreamResetError, UpstreamTimeoutError
+from sidecar.pipeline.exchange import Exchange, UpstreamResponse
+from sidecar.upstream.connection import UpstreamConnection
+from sidecar.upstream.pool import EndpointPool
+
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class HttpTransport:
+    """HTTP/1.1 over pooled asyncio connections."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def send(
+        self,
+        pool: EndpointPool,
+        exchange: Exchange,
+        deadline: float,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> UpstreamResponse:
+        loop = self._loop
+        chunked = exchange.body is not None and exchange.content_length is None
+        head = build_head(exchange, pool, chunked)
+        for _ in range(2):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamTimeoutError("no response headers before the deadline")
+            try:
+                conn, reused = await pool.acquire(min(connect_timeout, remaining))
+            except UpstreamTimeoutError:
+                raise
+            except Exception:
+                if deadline - loop.time() <= 0:
+                    raise UpstreamTimeoutError("no response headers before the deadline") from None
+                raise
+            try:
+                await self._exchange_head(conn, exchange, head, chunked, deadline, idle_timeout)
+            except UpstreamResetError:
+                if reused and _safe_to_resend(exchange):
+                    continue  # the idle connection was closed under us; nothing was processed
+                raise
+            return conn
+        raise UpstreamResetError("upstream closed the connection before the response headers")
+
+    async def _exchange_head(
+        self,
+        conn: UpstreamConnection,
+        exchange: Exchange,
+        head: bytes,
+        chunked: bool,
+        deadline: float,
+        idle_timeout: float,
+    ) -> None:
+        head_future = conn.start(head, head_only=exchange.head_only, chunked=chunked, idle_timeout=idle_timeout)
+        body = exchange.body
+        if body is None:
+            conn.end_body()
+        else:
+            body.attach(conn)
+            if not body.complete:
+                conn.arm_idle_timer()
+        timer = self._loop.call_at(deadline, _expire, head_future)
+        try:
+            await head_future
+        except BaseException:
+            conn.abort()
+            if body is not None:
+                body.detach()
+            raise
+        finally:
+            timer.cancel()
+
+    def __repr__(self) -> str:
+        return "HttpTransport()"
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeoutError("no response headers before the deadline"))
+
+
+def _safe_to_resend(exchange: Exchange) -> bool:
+    body = exchange.body
+    return exchange.method in _IDEMPOTENT and (body is None or body.can_replay)
+
+
+def build_head(exchange: Exchange, pool: EndpointPool, chunked: bool) -> bytes:
+    """The request head sent upstream: always HTTP/1.1, framing derived by the sidecar."""
+    host = exchange.host_header if exchange.host_header is not None else pool.host_header
+    parts = [exchange.method, b" ", exchange.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n", exchange.forward_headers]
+    if exchange.request_id_generated:
+        parts.append(b"x-request-id: " + exchange.request_id.encode() + b"\r\n")
+    if exchange.body is None:
+        if exchange.method in _BODY_METHODS:
+            parts.append(b"content-length: 0\r\n")
+    elif chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    else:
+        parts.append(b"content-length: %d\r\n" % (exchange.content_length or 0))
+    parts.append(b"\r\n")
+    return b"".join(parts)

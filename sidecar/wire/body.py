@@ -1,0 +1,111 @@
+"""A request body arriving from the client, handed to one upstream attempt at a time.
+
+Chunks that arrive before an attempt is ready are held (pausing the client past a high-water
+mark); a body no larger than `retain_limit` is kept whole so a retry can replay it, and a
+larger one is streamed and marked not replayable. This is the only place request body bytes
+are buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from sidecar.wire.flow import Producer
+
+# Bytes held for a consumer that is not attached yet before the client is paused.
+PENDING_HIGH_WATER = 64 * 1024
+
+
+class BodyConsumer(Protocol):
+    def write_body(self, data: bytes) -> None: ...
+
+    def end_body(self) -> None: ...
+
+    def set_producer(self, producer: Producer | None) -> None: ...
+
+
+class RequestBody:
+    """Streams to the attached consumer; keeps small bodies for replay."""
+
+    __slots__ = (
+        "_chunks",
+        "_consumer",
+        "_paused",
+        "_producer",
+        "complete",
+        "on_attach",
+        "replayable",
+        "retain_limit",
+        "size",
+    )
+
+    def __init__(self, producer: Producer, retain_limit: int) -> None:
+        self._producer = producer
+        self._chunks: list[bytes] = []
+        self._consumer: BodyConsumer | None = None
+        self._paused = False
+        self.retain_limit = retain_limit
+        self.size = 0
+        self.complete = False
+        self.replayable = True
+        # Called once, when the body is first wanted (sends `100 Continue` to the client).
+        self.on_attach: Callable[[], None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.write_body(data)
+            if self.replayable:
+                if self.size <= self.retain_limit:
+                    self._chunks.append(data)
+                else:
+                    self.replayable = False
+                    self._chunks = []
+            return
+        # No consumer yet: hold the bytes (they are also the replay copy while small enough).
+        self._chunks.append(data)
+        if self.size > self.retain_limit:
+            self.replayable = False
+        if self.size > PENDING_HIGH_WATER and not self._paused:
+            self._paused = True
+            self._producer.pause_reading()
+
+    def finish(self) -> None:
+        self.complete = True
+        if self._consumer is not None:
+            self._consumer.end_body()
+
+    def attach(self, consumer: BodyConsumer) -> None:
+        """Send what has arrived so far to `consumer`, then stream the rest to it."""
+        self._consumer = consumer
+        if self.on_attach is not None:
+            on_attach, self.on_attach = self.on_attach, None
+            on_attach()
+        chunks = self._chunks
+        for piece in chunks:
+            consumer.write_body(piece)
+        if not self.replayable:
+            self._chunks = []
+        if self.complete:
+            consumer.end_body()
+            return
+        consumer.set_producer(self._producer)
+        if self._paused:
+            self._paused = False
+            self._producer.resume_reading()
+
+    def detach(self) -> None:
+        """The attempt using the body ended; later chunks wait for another consumer or none."""
+        if self._consumer is not None:
+            self._consumer.set_producer(None)
+            self._consumer = None
+
+    @property
+    def can_replay(self) -> bool:
+        """Whether a new attempt can be sent the whole body from the start."""
+        return self.replayable and self._consumer is None
+
+    def __repr__(self) -> str:
+        return f"RequestBody(size={self.size}, complete={self.complete}, replayable={self.replayable})"

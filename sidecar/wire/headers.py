@@ -1,0 +1,49 @@
+"""Which headers cross the proxy, in which direction, and how they are checked.
+
+Framing headers (`Content-Length`, `Transfer-Encoding`) are never copied: the sidecar frames
+bodies itself, which is what keeps a CL.TE desync from passing through it. Hop-by-hop headers
+(RFC 9110 §7.6.1, plus any named in `Connection`) stay on their own hop.
+"""
+
+from __future__ import annotations
+
+Headers = list[tuple[bytes, bytes]]
+
+# Lower-cased names that never cross the proxy in either direction.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",  # re-derived from the body the sidecar frames itself
+        b"proxy-authorization",  # credentials for the proxy, never for the upstream
+        b"proxy-authenticate",
+    }
+)
+
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_FORBIDDEN_VALUE_BYTES = frozenset(range(0x00, 0x20)) - {0x09} | {0x7F}
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The header names a `Connection` header lists, lower-cased (they are hop-by-hop too)."""
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def is_valid_name(name: bytes) -> bool:
+    """RFC 9110 token: what a field name may be."""
+    return bool(name) and all(byte in _TOKEN_CHARS for byte in name)
+
+
+def is_valid_value(value: bytes) -> bool:
+    """RFC 9110 field-value: no control characters except HTAB (obs-text is allowed)."""
+    return not any(byte in _FORBIDDEN_VALUE_BYTES for byte in value)
+
+
+def serialize(headers: Headers) -> bytes:
+    """`name: value\\r\\n` lines for already-validated headers."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
