@@ -59,10 +59,8 @@ class RequestTooLargeError(ProxyError):
     code = ErrorCode.REQUEST_TOO_LARGE
 
 
-class HeadersTooLargeError(ProxyError):
-    """Request line plus headers over `limits.max_header_bytes`."""
-
-    code = ErrorCode.HEADERS_TOO_LARGE
+class HeadersTooLargeError(RequestTooLargeError):
+    """Request line plus headers over `limits.max_header_bytes` (answered 431, SPEC §9)."""
 
 
 class RequestTimeoutError(ProxyError):

@@ -40,6 +40,8 @@ class UpstreamResponse(Protocol):
 
     def discard(self) -> None: ...
 
+    def release(self) -> None: ...
+
 
 class Responder(Protocol):
     """The client side of an exchange: the only way a stage answers."""
@@ -60,7 +62,12 @@ class Transport(Protocol):
     """Sends an exchange's request to one endpoint; resolves when the response head arrives."""
 
     async def send(
-        self, pool: EndpointPool, exchange: Exchange, deadline: float, connect_timeout: float, idle_timeout: float
+        self,
+        pool: EndpointPool,
+        exchange: Exchange,
+        deadline: float,
+        connect_timeout: float,
+        idle_timeout: float,
     ) -> UpstreamResponse: ...
 
 

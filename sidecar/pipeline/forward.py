@@ -22,7 +22,12 @@ class Forwarder:
     __slots__ = ("_clock", "_observers", "_route", "_transport", "_upstream")
 
     def __init__(
-        self, upstream: Upstream, route: Route, transport: Transport, clock: Clock, observers: Observers
+        self,
+        upstream: Upstream,
+        route: Route,
+        transport: Transport,
+        clock: Clock,
+        observers: Observers,
     ) -> None:
         self._upstream = upstream
         self._route = route
@@ -40,16 +45,28 @@ class Forwarder:
         pool.inflight += 1
         try:
             try:
-                response = await self._transport.send(pool, exchange, deadline, route.connect, route.idle)
+                response = await self._transport.send(
+                    pool, exchange, deadline, route.connect, route.idle
+                )
             except AttemptError as error:
                 self._observers.emit(
-                    AttemptFinished(upstream.name, pool.label, error.result, self._clock.now() - started)
+                    AttemptFinished(
+                        upstream.name, pool.label, error.result, self._clock.now() - started
+                    )
                 )
                 raise
             self._observers.emit(
-                AttemptFinished(upstream.name, pool.label, classify_status(response.status), self._clock.now() - started)
+                AttemptFinished(
+                    upstream.name,
+                    pool.label,
+                    classify_status(response.status),
+                    self._clock.now() - started,
+                )
             )
-            await exchange.responder.relay(exchange, response)
+            try:
+                await exchange.responder.relay(exchange, response)
+            finally:
+                response.release()
         finally:
             pool.inflight -= 1
 

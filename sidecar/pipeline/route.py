@@ -44,7 +44,9 @@ class Route:
 
     __slots__ = ("config", "connect", "idle", "label", "matcher", "per_try", "pipeline", "total")
 
-    def __init__(self, label: str, config: RouteConfig | UpstreamConfig, matcher: RouteMatcher | None) -> None:
+    def __init__(
+        self, label: str, config: RouteConfig | UpstreamConfig, matcher: RouteMatcher | None
+    ) -> None:
         self.label = label
         self.config = config
         self.matcher = matcher

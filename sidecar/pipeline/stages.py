@@ -15,6 +15,8 @@ from sidecar.pipeline.route import Route
 from sidecar.upstream.group import Upstream
 
 
-def build_stages(upstream: Upstream, route: Route, transport: Transport, clock: Clock, observers: Observers) -> Stage:
+def build_stages(
+    upstream: Upstream, route: Route, transport: Transport, clock: Clock, observers: Observers
+) -> Stage:
     """The stage chain for one route of one upstream."""
     return Forwarder(upstream, route, transport, clock, observers)

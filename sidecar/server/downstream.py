@@ -177,7 +177,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reject(BadRequestError(f"malformed request: {_parser_message(exc)}"))
         else:
             if self._phase == _HEAD and self._head_seen > self._server.limits.max_header_bytes:
-                self._reject(HeadersTooLargeError("request line and headers are over the size limit"))
+                self._reject(
+                    HeadersTooLargeError("request line and headers are over the size limit")
+                )
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:
@@ -222,7 +224,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self._has_te = True
         elif lower == b"connection":
             named = connection_tokens(value)
-            self._connection_named = named if self._connection_named is None else self._connection_named | named
+            self._connection_named = (
+                named if self._connection_named is None else self._connection_named | named
+            )
         elif lower == b"upgrade":
             self._upgrade = True
         elif lower == b"expect":
@@ -274,7 +278,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._upgrade and has_body:
             raise BadRequestError("an upgrade request must not carry a body")
         if self._connection_named:
-            self._forward = [line for line in self._forward if line.split(b":", 1)[0].lower() not in self._connection_named]
+            self._forward = [
+                line
+                for line in self._forward
+                if line.split(b":", 1)[0].lower() not in self._connection_named
+            ]
         target, authority, host_header = self._resolve_target(method, version)
         server = self._server
         if self._request_id:
@@ -391,7 +399,11 @@ class DownstreamProtocol(asyncio.Protocol):
         for name, value in response.headers:
             parts.append(name + b": " + value + CRLF)
         if self._server.sidecar_headers and exchange.upstream is not None:
-            parts.append(b"x-sidecar-upstream: " + exchange.upstream.name_bytes + b"\r\nx-sidecar-attempts: %d\r\n" % exchange.attempts)
+            parts.append(
+                b"x-sidecar-upstream: "
+                + exchange.upstream.name_bytes
+                + b"\r\nx-sidecar-attempts: %d\r\n" % exchange.attempts
+            )
         body: bytes | None = None
         streaming = False
         self._chunked_out = False
@@ -426,7 +438,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def send_error(self, exchange: Exchange, error: ProxyError) -> None:
         """A generated answer (SPEC §4.6) for an exchange whose head was not yet sent."""
         upstream = exchange.upstream.name if exchange.upstream is not None else ""
-        close = not exchange.client_keep_alive or self._server.draining or self._body_unread(exchange)
+        close = (
+            not exchange.client_keep_alive or self._server.draining or self._body_unread(exchange)
+        )
         status, payload = render_error(
             error,
             upstream=upstream,
@@ -566,7 +580,12 @@ class DownstreamProtocol(asyncio.Protocol):
         """Answer a request the sidecar refuses to forward, then close the connection."""
         self._server.rejected(self._listener, error, self._parser_method())
         _, payload = render_error(
-            error, upstream="", attempts=0, request_id="", sidecar_headers=self._server.sidecar_headers, close=True
+            error,
+            upstream="",
+            attempts=0,
+            request_id="",
+            sidecar_headers=self._server.sidecar_headers,
+            close=True,
         )
         self._close_after = True
         task = self._task

@@ -52,7 +52,11 @@ def render_error(
 ) -> tuple[int, bytes]:
     """The status and the complete bytes of a generated answer."""
     status = status_for(error)
-    body: dict[str, object] = {"error": error.code.value, "upstream": upstream or None, "detail": error.detail}
+    body: dict[str, object] = {
+        "error": error.code.value,
+        "upstream": upstream or None,
+        "detail": error.detail,
+    }
     retry_after = None
     if error.retry_after is not None:
         retry_after = max(1, math.ceil(error.retry_after))

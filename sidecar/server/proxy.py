@@ -144,7 +144,9 @@ class ProxyServer:
                 upstream = self.router.dedicated(listener.upstream)
             else:
                 if not exchange.authority:
-                    raise BadRequestError("a forward-proxy request needs a Host header or an absolute URL")
+                    raise BadRequestError(
+                        "a forward-proxy request needs a Host header or an absolute URL"
+                    )
                 if self.loop_guard.is_own_authority(exchange.authority):
                     raise LoopDetectedError("the request would be forwarded to the sidecar itself")
                 upstream = self.router.by_authority(exchange.authority)
@@ -245,12 +247,18 @@ class ProxyServer:
         try:
             async with asyncio.timeout(route.connect):
                 transport, _ = await self.loop.create_connection(
-                    lambda: TunnelUpstream(tunnel, downstream.transport), host.strip("[]"), int(port)
+                    lambda: TunnelUpstream(tunnel, downstream.transport),
+                    host.strip("[]"),
+                    int(port),
                 )
         except TimeoutError:
-            raise UpstreamConnectError(f"no connection to {exchange.authority} within {route.connect:g}s") from None
+            raise UpstreamConnectError(
+                f"no connection to {exchange.authority} within {route.connect:g}s"
+            ) from None
         except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect to {exchange.authority}: {exc.strerror or exc}") from None
+            raise UpstreamConnectError(
+                f"cannot connect to {exchange.authority}: {exc.strerror or exc}"
+            ) from None
         if self.loop_guard.is_own_address(transport.get_extra_info("peername")):
             transport.abort()
             raise LoopDetectedError("the tunnel would connect to the sidecar itself")

@@ -12,7 +12,9 @@ class RequestIds:
 
     def __init__(self) -> None:
         random_hex = secrets.token_hex(10)
-        self._prefix = f"{random_hex[:8]}-{random_hex[8:12]}-4{random_hex[12:15]}-{random_hex[15:19]}-"
+        self._prefix = (
+            f"{random_hex[:8]}-{random_hex[8:12]}-4{random_hex[12:15]}-{random_hex[15:19]}-"
+        )
         self._counter = 0
 
     def next(self) -> str:

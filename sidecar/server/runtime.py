@@ -21,12 +21,18 @@ from prometheus_client import CollectorRegistry
 from sidecar import __version__
 from sidecar.clock import LoopClock
 from sidecar.config import SidecarConfig
-from sidecar.events import ListenersClosed, Observers, ServerStarted, ShutdownFinished, ShutdownStarted
+from sidecar.events import (
+    ListenersClosed,
+    Observers,
+    ServerStarted,
+    ShutdownFinished,
+    ShutdownStarted,
+)
 from sidecar.observe.logs import AccessLog, EventLog
 from sidecar.observe.metrics import SidecarMetrics
 from sidecar.observe.writer import LineWriter
-from sidecar.pipeline.stages import build_stages
 from sidecar.pipeline.route import Router
+from sidecar.pipeline.stages import build_stages
 from sidecar.server.admin import AdminState, build_admin_app
 from sidecar.server.downstream import DownstreamProtocol
 from sidecar.server.listener import ConnectionLimiter, Listener
@@ -49,7 +55,9 @@ class Runtime:
     log_level: str = "info"
     log_format: str = "json"
     stream: Any = field(default_factory=lambda: sys.stdout.buffer)
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
     readiness: Readiness = field(default_factory=Readiness)
     listeners: list[Listener] = field(default_factory=list)
     admin_address: tuple[str, int] = ("", 0)
@@ -86,7 +94,9 @@ class Runtime:
         router = Router(config, loop, loop_guard, stages, rng)
         server = ProxyServer(config, router, loop, clock, observers, loop_guard)
         self.server = server
-        metrics.set_inflight_source(lambda: {u.name: u.inflight for u in server.router.all_upstreams()})
+        metrics.set_inflight_source(
+            lambda: {u.name: u.inflight for u in server.router.all_upstreams()}
+        )
         limiter = ConnectionLimiter(config.limits.max_connections)
         server.limiter = limiter
 
@@ -94,7 +104,10 @@ class Runtime:
         for listener_config in config.listeners:
             state = ListenerState(listener_config.name, listener_config.upstream)
             listener = Listener(
-                listener_config.name, loop, lambda state=state: DownstreamProtocol(server, state), limiter
+                listener_config.name,
+                loop,
+                lambda state=state: DownstreamProtocol(server, state),
+                limiter,
             )
             try:
                 listener.bind(listener_config.bind)
@@ -112,7 +125,10 @@ class Runtime:
         self.readiness.mark_ready()
         observers.emit(
             ServerStarted(
-                listeners=tuple((listener.name, _format_address(listener.address)) for listener in self.listeners),
+                listeners=tuple(
+                    (listener.name, _format_address(listener.address))
+                    for listener in self.listeners
+                ),
                 admin=_format_address(self.admin_address),
                 config_source=self.source,
                 version=__version__,
@@ -128,13 +144,17 @@ class Runtime:
         )
         runner = web.AppRunner(build_admin_app(state), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, config.admin.bind.host, config.admin.bind.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, config.admin.bind.host, config.admin.bind.port, reuse_address=True
+        )
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             self._close_listeners()
-            raise StartupError(f"admin API cannot bind {config.admin.bind}: {exc.strerror or exc}") from None
+            raise StartupError(
+                f"admin API cannot bind {config.admin.bind}: {exc.strerror or exc}"
+            ) from None
         self._admin_runner = runner
         server = site._server  # the bound port matters when the config asks for port 0
         sockets = getattr(server, "sockets", None) or []
@@ -235,7 +255,9 @@ async def _serve(runtime: Runtime) -> int:
             loop.remove_signal_handler(signum)
 
 
-def run_sidecar(config: SidecarConfig, source: str, log_level: str = "info", log_format: str = "json") -> int:
+def run_sidecar(
+    config: SidecarConfig, source: str, log_level: str = "info", log_format: str = "json"
+) -> int:
     """Run the daemon until it is told to stop; the exit code of SPEC §2."""
     runtime = Runtime(config=config, source=source, log_level=log_level, log_format=log_format)
     try:

@@ -73,7 +73,9 @@ class LeastRequest:
         return f"LeastRequest(endpoints={len(self._pools)})"
 
 
-def make_balancer(kind: LoadBalancing, pools: Sequence[EndpointPool], rng: random.Random) -> Balancer:
+def make_balancer(
+    kind: LoadBalancing, pools: Sequence[EndpointPool], rng: random.Random
+) -> Balancer:
     if kind == LoadBalancing.ROUND_ROBIN:
         return RoundRobin(pools)
     if kind == LoadBalancing.RANDOM:

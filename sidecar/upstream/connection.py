@@ -16,7 +16,7 @@ import httptools
 from sidecar.errors import BodyStreamError, UpstreamProtocolError, UpstreamResetError
 from sidecar.outcome import AttemptResult
 from sidecar.wire.flow import BodySink, Producer
-from sidecar.wire.framing import CRLF, LAST_CHUNK, chunk
+from sidecar.wire.framing import LAST_CHUNK, chunk
 from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens, is_valid_value
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            detail = str(cause) if isinstance(cause, _InvalidHead) else f"malformed response: {exc}"
+            detail = str(cause) if isinstance(cause, _InvalidHeadError) else f"malformed response: {exc}"
             self._fail(UpstreamProtocolError(detail))
 
     def eof_received(self) -> bool:
@@ -128,7 +128,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_idle_timer()
         state = self._state
         if state == _AWAITING_HEAD:
-            self._fail(UpstreamResetError("upstream closed the connection before the response headers"))
+            self._fail(
+                UpstreamResetError("upstream closed the connection before the response headers")
+            )
         elif state == _STREAMING:
             if self.close_delimited and not self._timed_out:
                 self._message_complete()
@@ -171,14 +173,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._connection_named |= connection_tokens(value)
             return
         if not is_valid_value(value):
-            raise _InvalidHead(f"invalid value for response header {name!r}")
+            raise _InvalidHeadError(f"invalid value for response header {name!r}")
         self.headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
-                raise _InvalidHead("upstream switched protocols without being asked to")
+                raise _InvalidHeadError("upstream switched protocols without being asked to")
             self.content_length = None  # interim response (100, 103): wait for the real one
             return
         self.status = status
@@ -217,9 +219,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- the request side ----------------------------------------------------------------
 
-    def start(self, head: bytes, *, head_only: bool, chunked: bool, idle_timeout: float) -> asyncio.Future[None]:
+    def start(
+        self, head: bytes, *, head_only: bool, chunked: bool, idle_timeout: float
+    ) -> asyncio.Future[None]:
         """Send a request head; the future resolves when the response head has arrived."""
-        assert self._transport is not None and self._state == _IDLE
+        assert self._transport is not None
+        assert self._state == _IDLE
         self._state = _AWAITING_HEAD
         self._head_only = head_only
         self._chunked_request = chunked
@@ -263,7 +268,9 @@ class UpstreamConnection(asyncio.Protocol):
     def arm_idle_timer(self) -> None:
         """Watch for gaps longer than `idle` between body chunks in either direction."""
         if self._idle_handle is None and self._idle_timeout > 0:
-            self._idle_handle = self._loop.call_at(self._last_activity + self._idle_timeout, self._check_idle)
+            self._idle_handle = self._loop.call_at(
+                self._last_activity + self._idle_timeout, self._check_idle
+            )
 
     # ---- the response side (UpstreamResponse) ----------------------------------------------
 
@@ -304,6 +311,12 @@ class UpstreamConnection(asyncio.Protocol):
         """The exchange no longer wants this response: the connection cannot be reused."""
         self._sink = None
         self.close()
+
+    def release(self) -> None:
+        """The exchange is done with this response: back to the pool if reusable, else closed."""
+        if self._state != _IDLE:
+            self._sink = None
+            self._pool.release(self)
 
     # ---- Producer (for the downstream sink) ---------------------------------------------------
 
@@ -360,7 +373,6 @@ class UpstreamConnection(asyncio.Protocol):
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
-        self._pool.release(self)
 
     def _fail(self, error: Exception) -> None:
         head_future = self._head_future
@@ -399,5 +411,5 @@ class UpstreamConnection(asyncio.Protocol):
         return f"<UpstreamConnection {self._pool.endpoint.authority} {states[self._state]} served={self.requests_served} closed={self._closed}>"
 
 
-class _InvalidHead(Exception):
+class _InvalidHeadError(Exception):
     """Raised inside llhttp callbacks to abort parsing a response head we must refuse."""

@@ -56,9 +56,12 @@ class Upstream:
         self._loop_guard = loop_guard
         self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
         self.pools = [
-            EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name) for e in config.endpoints
+            EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name)
+            for e in config.endpoints
         ]
-        self._balancer: Balancer | None = make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
+        self._balancer: Balancer | None = (
+            make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
+        )
         self._dynamic: OrderedDict[str, EndpointPool] = OrderedDict()
         self.inflight = 0
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
@@ -94,7 +97,9 @@ class Upstream:
 
 def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     """TLS origination settings of one upstream (verify, ca_file); SNI is set per connection."""
-    context = ssl.create_default_context(cafile=str(config.tls.ca_file) if config.tls.ca_file else None)
+    context = ssl.create_default_context(
+        cafile=str(config.tls.ca_file) if config.tls.ca_file else None
+    )
     if not config.tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

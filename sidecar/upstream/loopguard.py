@@ -13,7 +13,7 @@ from typing import Any
 class LoopGuard:
     """The set of addresses the sidecar itself listens on, filled in as listeners bind."""
 
-    __slots__ = ("_ports_any_ip", "_exact")
+    __slots__ = ("_exact", "_ports_any_ip")
 
     def __init__(self) -> None:
         self._exact: set[tuple[str, int]] = set()

@@ -8,6 +8,7 @@ request body not fully sent, `Connection: close`) is closed instead of returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from sidecar.config import Endpoint
@@ -47,7 +48,9 @@ class EndpointPool:
         self.label = endpoint.url
         default_port = 443 if endpoint.tls else 80
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        self.host_header = (host if endpoint.port == default_port else f"{host}:{endpoint.port}").encode()
+        self.host_header = (
+            host if endpoint.port == default_port else f"{host}:{endpoint.port}"
+        ).encode()
         self._loop = loop
         self._loop_guard = loop_guard
         self._ssl = ssl_context if endpoint.tls else None
@@ -82,10 +85,14 @@ class EndpointPool:
                 f"no connection to {endpoint.authority} within {connect_timeout:g}s"
             ) from None
         except ssl.SSLError as exc:
-            raise UpstreamConnectError(f"TLS handshake with {endpoint.authority} failed: {exc.reason}") from None
+            raise UpstreamConnectError(
+                f"TLS handshake with {endpoint.authority} failed: {exc.reason}"
+            ) from None
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            raise UpstreamConnectError(f"cannot connect to {endpoint.authority}: {reason}") from None
+            raise UpstreamConnectError(
+                f"cannot connect to {endpoint.authority}: {reason}"
+            ) from None
         if self._loop_guard.is_own_address(transport.get_extra_info("peername")):
             transport.abort()
             raise LoopDetectedError(f"{endpoint.authority} is one of the sidecar's own listeners")
@@ -101,10 +108,8 @@ class EndpointPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed by the peer leaves the idle list at once."""
-        try:
+        with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         """Close every idle connection; in-flight ones close when their exchange ends."""
@@ -118,4 +123,6 @@ class EndpointPool:
         return len(self._idle)
 
     def __repr__(self) -> str:
-        return f"EndpointPool({self.endpoint.url}, idle={len(self._idle)}, inflight={self.inflight})"
+        return (
+            f"EndpointPool({self.endpoint.url}, idle={len(self._idle)}, inflight={self.inflight})"
+        )

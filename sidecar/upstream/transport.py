@@ -69,7 +69,9 @@ class HttpTransport:
         deadline: float,
         idle_timeout: float,
     ) -> None:
-        head_future = conn.start(head, head_only=exchange.head_only, chunked=chunked, idle_timeout=idle_timeout)
+        head_future = conn.start(
+            head, head_only=exchange.head_only, chunked=chunked, idle_timeout=idle_timeout
+        )
         body = exchange.body
         if body is None:
             conn.end_body()
@@ -105,7 +107,15 @@ def _safe_to_resend(exchange: Exchange) -> bool:
 def build_head(exchange: Exchange, pool: EndpointPool, chunked: bool) -> bytes:
     """The request head sent upstream: always HTTP/1.1, framing derived by the sidecar."""
     host = exchange.host_header if exchange.host_header is not None else pool.host_header
-    parts = [exchange.method, b" ", exchange.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n", exchange.forward_headers]
+    parts = [
+        exchange.method,
+        b" ",
+        exchange.target,
+        b" HTTP/1.1\r\nhost: ",
+        host,
+        b"\r\n",
+        exchange.forward_headers,
+    ]
     if exchange.request_id_generated:
         parts.append(b"x-request-id: " + exchange.request_id.encode() + b"\r\n")
     if exchange.body is None:

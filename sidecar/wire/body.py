@@ -108,4 +108,6 @@ class RequestBody:
         return self.replayable and self._consumer is None
 
     def __repr__(self) -> str:
-        return f"RequestBody(size={self.size}, complete={self.complete}, replayable={self.replayable})"
+        return (
+            f"RequestBody(size={self.size}, complete={self.complete}, replayable={self.replayable})"
+        )

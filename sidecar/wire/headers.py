@@ -25,8 +25,10 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_FORBIDDEN_VALUE_BYTES = frozenset(range(0x00, 0x20)) - {0x09} | {0x7F}
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_FORBIDDEN_VALUE_BYTES = frozenset(range(0x20)) - {0x09} | {0x7F}
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
