@@ -206,11 +206,19 @@ class Explainer:
             return f"expected a mapping{keys}, got the bare value {shown(value)}"
         template = _TEMPLATES.get(kind)
         if template is not None:
-            return template.format(value=shown(value), **context)
+            bounds = {key: _number(bound) for key, bound in context.items()}
+            return template.format(value=shown(value), **bounds)
         return f"{error['msg']}, got {shown(value)}"
 
 
 _ABSENT = object()
+
+
+def _number(value: object) -> object:
+    """`0.0` → `0` in messages: bounds are declared as floats but read as whole numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _child(node: Any, part: str | int) -> Any:

@@ -114,7 +114,9 @@ def interpolate(
         for match in _PLACEHOLDER.finditer(line, 0, code_end):
             replacement = _replace(match, environ, line_number, problems)
             if replacement is None:
-                continue  # left as written; the loader mutes errors on this line
+                # Substitute nothing: the YAML stays parseable, and the loader mutes the
+                # follow-on errors of this line (the placeholder error says it all).
+                replacement = ""
             before = line[cursor : match.start()]
             pieces.append(before)
             new_offset += len(before)
@@ -143,7 +145,7 @@ def _replace(
     line_number: int,
     problems: list[InterpolationProblem],
 ) -> str | None:
-    """The text for one placeholder, or None (and a problem) when it has none."""
+    """The text for one placeholder, or None (and a problem recorded) when it has none."""
     where = Position(line_number, match.start() + 1)
     if match.group(1):
         return "${" + match.group(2) + (match.group(3) or "")

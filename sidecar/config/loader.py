@@ -49,8 +49,8 @@ def _load(text: str, source: str, base_dir: Path | None, source_path: Path | Non
     found: list[Located] = [
         Located(problem.position, "", problem.message) for problem in interpolation_problems
     ]
-    # A placeholder left unsubstituted would also fail validation as a strange value;
-    # that second error says nothing new, so errors on those lines are muted.
+    # A placeholder that could not be substituted is replaced by nothing, which then also
+    # fails as a missing or empty value; that says nothing new, so those lines are muted.
     muted_lines = {problem.position.line for problem in interpolation_problems}
     document = parse_document(substituted)
     parsed: list[Located] = [
@@ -59,8 +59,7 @@ def _load(text: str, source: str, base_dir: Path | None, source_path: Path | Non
     ]
     config, validation = _validate(document, base_dir, source_path)
     issues = [_issue(source, item, None) for item in found]
-    issues += [_issue(source, item, source_map) for item in parsed]
-    for item in validation:
+    for item in parsed + validation:
         issue = _issue(source, item, source_map)
         if issue.line not in muted_lines:
             issues.append(issue)

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 
 from sidecar.server.readiness import Readiness
@@ -46,6 +46,9 @@ ADMIN_STATE = web.AppKey("admin_state", AdminState)
 
 def build_admin_app(state: AdminState) -> web.Application:
     """The admin application, ready for a runner; builds no sockets and starts nothing."""
+    # aiohttp answers malformed requests itself, before any handler; without this its
+    # default `Server` header would announce the Python and aiohttp versions (SPEC §9).
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
     app = web.Application(middlewares=[_json_errors])
     app[ADMIN_STATE] = state
     app.router.add_get("/healthz", _healthz)

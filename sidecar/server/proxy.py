@@ -142,6 +142,9 @@ class ProxyServer:
                 return
             if listener.upstream is not None:
                 upstream = self.router.dedicated(listener.upstream)
+                # The app addressed the sidecar (127.0.0.1:PORT); the upstream expects its own
+                # name, as with nginx's proxy_pass: send the endpoint's authority as Host.
+                exchange.host_header = None
             else:
                 if not exchange.authority:
                     raise BadRequestError(
@@ -231,8 +234,12 @@ class ProxyServer:
 
     async def _tunnel(self, exchange: Exchange, listener: ListenerState) -> None:
         """CONNECT: connect within the upstream's `connect` timeout, then splice until closed."""
+        from sidecar.server.downstream import DownstreamProtocol
+
         downstream = exchange.responder
-        assert hasattr(downstream, "tunnel")
+        assert isinstance(downstream, DownstreamProtocol), (
+            "CONNECT arrives on a downstream connection"
+        )
         tunnel = downstream.tunnel
         if listener.upstream is not None:
             raise BadRequestError("CONNECT is only accepted on forward-proxy listeners")

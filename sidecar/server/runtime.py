@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -103,12 +104,8 @@ class Runtime:
         # Bind first: nothing is served until every address is ours.
         for listener_config in config.listeners:
             state = ListenerState(listener_config.name, listener_config.upstream)
-            listener = Listener(
-                listener_config.name,
-                loop,
-                lambda state=state: DownstreamProtocol(server, state),
-                limiter,
-            )
+            factory = partial(DownstreamProtocol, server, state)
+            listener = Listener(listener_config.name, loop, factory, limiter)
             try:
                 listener.bind(listener_config.bind)
             except OSError as exc:

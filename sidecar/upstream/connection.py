@@ -117,7 +117,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            detail = str(cause) if isinstance(cause, _InvalidHeadError) else f"malformed response: {exc}"
+            detail = (
+                str(cause) if isinstance(cause, _InvalidHeadError) else f"malformed response: {exc}"
+            )
             self._fail(UpstreamProtocolError(detail))
 
     def eof_received(self) -> bool:
