@@ -1,0 +1,96 @@
+"""The request body buffer between the client and one upstream attempt."""
+
+from __future__ import annotations
+
+from sidecar.wire.body import PENDING_HIGH_WATER, RequestBody
+from sidecar.wire.flow import Producer
+
+
+class _Socket:
+    """Records pause/resume calls like a transport would receive them."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+class _Consumer:
+    """Records what an upstream connection would be sent."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.ended = False
+        self.producer: Producer | None = None
+
+    def write_body(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def end_body(self) -> None:
+        self.ended = True
+
+    def set_producer(self, producer: Producer | None) -> None:
+        self.producer = producer
+
+
+def test_body_chunks_before_attach_are_delivered_in_order() -> None:
+    """Bytes that arrive before the attempt starts are sent first, then the rest streams."""
+    socket, consumer = _Socket(), _Consumer()
+    body = RequestBody(socket, retain_limit=1024)
+    body.feed(b"ab")
+    body.attach(consumer)
+    body.feed(b"cd")
+    body.finish()
+    assert (b"".join(consumer.data), consumer.ended) == (b"abcd", True)
+
+
+def test_body_pauses_the_client_past_the_high_water_mark_until_attached() -> None:
+    """An unattached body stops the client's socket instead of growing memory."""
+    socket, consumer = _Socket(), _Consumer()
+    body = RequestBody(socket, retain_limit=0)
+    body.feed(b"x" * (PENDING_HIGH_WATER + 1))
+    assert socket.calls == ["pause"]
+    body.attach(consumer)
+    assert socket.calls == ["pause", "resume"]
+    assert consumer.producer is socket
+
+
+def test_body_small_complete_body_can_be_replayed() -> None:
+    """A body within retain_limit is kept whole so a second attempt gets all of it."""
+    body = RequestBody(_Socket(), retain_limit=10)
+    body.feed(b"hello")
+    body.finish()
+    first, second = _Consumer(), _Consumer()
+    body.attach(first)
+    body.detach()
+    assert body.can_replay
+    body.attach(second)
+    assert b"".join(second.data) == b"hello"
+    assert second.ended
+
+
+def test_body_over_retain_limit_is_streamed_and_not_replayable() -> None:
+    """A body larger than retain_limit is never kept, so it can never be sent twice."""
+    body = RequestBody(_Socket(), retain_limit=4)
+    consumer = _Consumer()
+    body.attach(consumer)
+    body.feed(b"12345")
+    body.finish()
+    body.detach()
+    assert not body.can_replay
+    assert body.size == 5
+
+
+def test_body_on_attach_runs_once_when_first_wanted() -> None:
+    """The 100-continue hook fires on the first attach only."""
+    calls: list[str] = []
+    body = RequestBody(_Socket(), retain_limit=10)
+    body.on_attach = lambda: calls.append("continue")
+    body.attach(_Consumer())
+    body.detach()
+    body.attach(_Consumer())
+    assert calls == ["continue"]
