@@ -106,6 +106,7 @@ class Explainer:
         self._marks = marks
 
     def explain(self, errors: list[ErrorDetails]) -> Iterator[Located]:
+        """One or more located issues per pydantic error (a RuleError may carry several)."""
         for error in errors:
             loc = self._clean(error["loc"], keep_last=error["type"] == "missing")
             context = error.get("ctx") or {}

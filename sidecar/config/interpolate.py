@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sidecar.config.document import Position
 
 _PLACEHOLDER = re.compile(r"\$(\$)?\{([^}\n]*)(\})?")
+_SCALAR_STARTS = frozenset(" \t:-[{,")
 _BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
@@ -77,25 +78,26 @@ def _comment_start(line: str) -> int:
     """Index of a `#` comment in one line, or its length; quotes are tracked roughly.
 
     A quote opens a string only where a YAML scalar can start (after `:`, `-`, `[`, `{`,
-    `,` or at the start), so the apostrophe in `it's` does not hide a comment.
+    `,`, a blank or at the start), so the apostrophe in `it's` does not hide a comment.
     """
     quote: str | None = None
+    escaped = False
     previous = " "
     for index, char in enumerate(line):
         if quote is not None:
-            if char == quote:
-                quote = None
+            if escaped:
+                escaped = False
             elif char == "\\" and quote == '"':
-                previous = char
-                continue
-        elif char in "'\"" and previous in " \t:-[{,":
+                escaped = True
+            elif char == quote and quote == "'" and line[index + 1 : index + 2] == "'":
+                escaped = True  # '' is a quote inside a single-quoted string
+            elif char == quote:
+                quote = None
+        elif char in "'\"" and previous in _SCALAR_STARTS:
             quote = char
-        elif char == "#" and previous in " \t":
+        elif char == "#" and previous.isspace():
             return index
-        if not char.isspace() or quote is not None:
-            previous = char
-        elif quote is None:
-            previous = " "
+        previous = char
     return len(line)
 
 

@@ -91,8 +91,10 @@ class SidecarConfig(ConfigModel):
                 )
             names.setdefault(listener.name, index)
             if listener.upstream is not None and listener.upstream not in self.upstreams:
-                known = ", ".join(self.upstreams) or "none are configured"
-                hint = did_you_mean(listener.upstream, self.upstreams) or f" (upstreams: {known})"
+                known = ", ".join(self.upstreams)
+                hint = did_you_mean(listener.upstream, self.upstreams) or (
+                    f" (configured: {known})" if known else " (no upstreams are configured)"
+                )
                 problems.append(
                     Violation(
                         ("listeners", index, "upstream"),

@@ -136,8 +136,8 @@ class RouteConfig(ConfigModel):
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
     fallback: FallbackPolicy = Field(default_factory=FallbackPolicy)
-    faults: FaultPolicy | None = None
-    own_breaker: bool = False
+    faults: FaultPolicy | None = Field(default=None, description="Fault injection; off if null.")
+    own_breaker: bool = Field(default=False, description="Set by the loader, not the file.")
 
     @property
     def label(self) -> str:

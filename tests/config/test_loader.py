@@ -214,6 +214,15 @@ def test_interpolation_ignores_comments(monkeypatch: pytest.MonkeyPatch) -> None
     assert config.version == 1
 
 
+def test_interpolation_applies_inside_quoted_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `#` inside a quoted string is not a comment, so placeholders after it are replaced."""
+    monkeypatch.setenv("TENANT", "acme")
+    text = UPSTREAM + "    fallback:\n      static: {body: 'it''s # ${TENANT}'}  # ${UNSET_X}\n"
+    static = load_config_text(text).upstreams["payments"].fallback.static
+    assert static is not None
+    assert static.body == "it's # acme"
+
+
 def test_interpolation_escape_writes_literal_placeholder() -> None:
     """`$${X}` writes a literal `${X}`."""
     text = UPSTREAM + "    fallback:\n      static: {body: 'cost $${PRICE}'}\n"
@@ -227,7 +236,7 @@ def test_interpolation_keeps_error_columns_of_the_original(monkeypatch: pytest.M
     monkeypatch.setenv("LONG", "a-much-longer-listener-name")
     text = "version: 1\nlisteners:\n  - {name: ${LONG}, bind: nowhere}\n"
     (message,) = issues(text)
-    assert message.startswith("c.yaml:3:30: listeners[0].bind: 'nowhere' has no port")
+    assert message.startswith("c.yaml:3:27: listeners[0].bind: 'nowhere' has no port")
 
 
 def test_interpolation_reports_malformed_placeholder() -> None:
@@ -303,7 +312,7 @@ upstreams:
   b: {endpoints: [http://b]}
 """
     assert issues(text) == [
-        "c.yaml:3:29: defaults.bulkhead.max_concurrent: must be at least 1, got 0"
+        "c.yaml:3:30: defaults.bulkhead.max_concurrent: must be at least 1, got 0"
     ]
 
 
@@ -319,7 +328,7 @@ upstreams:
     circuit_breaker: {open_duration: 40s}
 """
     assert issues(text) == [
-        "c.yaml:7:39: upstreams.payments.circuit_breaker.open_duration: "
+        "c.yaml:7:38: upstreams.payments.circuit_breaker.open_duration: "
         "max_open_duration (30s) must be at least open_duration (40s)"
     ]
 
@@ -328,8 +337,7 @@ def test_merge_reports_route_error_at_the_route() -> None:
     """An invalid route override is reported at the route's own line."""
     text = UPSTREAM + "    routes:\n      - match: {path: /x}\n        retries: {max_attempts: 0}\n"
     assert issues(text) == [
-        "c.yaml:7:33: upstreams.payments.routes[0].retries.max_attempts: "
-        "must be at least 1, got 0"
+        "c.yaml:7:33: upstreams.payments.routes[0].retries.max_attempts: must be at least 1, got 0"
     ]
 
 
@@ -354,16 +362,16 @@ def test_route_rejects_upstream_only_keys() -> None:
     """A route may not override upstream-wide sections such as the bulkhead."""
     text = UPSTREAM + "    routes: [{match: {path: /x}, bulkhead: {max_queued: 1}}]\n"
     (message,) = issues(text)
-    assert "upstreams.payments.routes[0]: unknown key 'bulkhead' (valid keys: name, match," in message
+    assert (
+        "upstreams.payments.routes[0]: unknown key 'bulkhead' (valid keys: name, match," in message
+    )
 
 
 def test_load_config_resolves_body_file_next_to_config(tmp_path: Path) -> None:
     """`body_file` is relative to the config file's folder and the path is kept absolute."""
     (tmp_path / "degraded.json").write_text('{"degraded": true}')
     config_file = tmp_path / "sidecar.yaml"
-    config_file.write_text(
-        UPSTREAM + "    fallback:\n      static: {body_file: degraded.json}\n"
-    )
+    config_file.write_text(UPSTREAM + "    fallback:\n      static: {body_file: degraded.json}\n")
     config = load_config(config_file)
     static = config.upstreams["payments"].fallback.static
     assert static is not None

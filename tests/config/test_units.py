@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -135,9 +137,8 @@ def test_parse_ratio_accepts_percent_or_fraction(value: object, ratio: float) ->
 )
 def test_parse_ratio_rejects_out_of_range(value: object, fragment: str) -> None:
     """Ratios outside 0–100 % are errors, never clamped."""
-    with pytest.raises(ValueError, match="ratio|outside") as info:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
         parse_ratio(value)
-    assert fragment in str(info.value)
 
 
 @given(st.integers(min_value=0, max_value=1000))
