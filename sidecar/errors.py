@@ -35,6 +35,10 @@ class SidecarError(Exception):
     """Base of every error the sidecar raises on purpose."""
 
 
+class StartupError(SidecarError):
+    """The sidecar cannot start (a port in use, an unreadable file); exit code 1, nothing served."""
+
+
 class ProxyError(SidecarError):
     """A request could not be served; `code` decides the status via the handler's table."""
 

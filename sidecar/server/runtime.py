@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from sidecar import __version__
 from sidecar.clock import LoopClock
 from sidecar.config import SidecarConfig
+from sidecar.errors import StartupError
 from sidecar.events import (
     ListenersClosed,
     Observers,
@@ -41,10 +42,6 @@ from sidecar.server.proxy import ListenerState, ProxyServer
 from sidecar.server.readiness import Readiness
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.transport import HttpTransport
-
-
-class StartupError(Exception):
-    """The sidecar could not start (a port in use, an unreadable file); exit code 1."""
 
 
 @dataclass

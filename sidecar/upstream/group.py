@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from sidecar.config import Endpoint, UpstreamConfig
+from sidecar.errors import StartupError
 from sidecar.upstream.balancing import Balancer, make_balancer
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.pool import EndpointPool

@@ -11,6 +11,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from sidecar.errors import StartupError
 from tests.harness import running_sidecar, sidecar_yaml
 
 
@@ -98,3 +99,11 @@ async def test_tls_origination_uses_server_name_for_sni_and_verification(
     async with running_sidecar(_config(tls_upstream, wrong)) as sc:
         status, _, error = await _get(sc.url("api", "/hello"))
     assert (status, error) == (502, "upstream_unreachable")
+
+
+async def test_tls_missing_ca_file_fails_the_start_naming_it(tmp_path: Path) -> None:
+    """A `ca_file` that cannot be read stops the start with the key and the file named."""
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(StartupError, match=r"upstreams\.api\.tls\.ca_file: cannot load .*nope\.pem"):
+        async with running_sidecar(_config(443, f"{{ca_file: {missing}}}")):
+            pass
