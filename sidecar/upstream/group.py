@@ -98,9 +98,14 @@ class Upstream:
 
 def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     """TLS origination settings of one upstream (verify, ca_file); SNI is set per connection."""
-    context = ssl.create_default_context(
-        cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-    )
+    ca_file = config.tls.ca_file
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(
+            f"upstreams.{config.name}.tls.ca_file: cannot load {ca_file}: {reason}"
+        ) from None
     if not config.tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
