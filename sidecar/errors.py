@@ -85,6 +85,24 @@ class LoopDetectedError(ProxyError):
     code = ErrorCode.LOOP_DETECTED
 
 
+class CircuitOpenError(ProxyError):
+    """The breaker is open (or half-open with every trial slot taken); nothing was sent."""
+
+    code = ErrorCode.CIRCUIT_OPEN
+
+
+class BulkheadFullError(ProxyError):
+    """No concurrency slot within `queue_timeout`, or the wait queue is full."""
+
+    code = ErrorCode.BULKHEAD_FULL
+
+
+class RateLimitedError(ProxyError):
+    """The upstream's token bucket is empty."""
+
+    code = ErrorCode.RATE_LIMITED
+
+
 class AttemptError(ProxyError):
     """One attempt to an endpoint failed before a usable response; `result` classifies it."""
 

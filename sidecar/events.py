@@ -47,6 +47,41 @@ class AttemptFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """A failed attempt will be retried after `delay` seconds."""
+
+    upstream: str
+    reason: str  # the attempt result (timeout, reset, connect_failure) or the status code
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetExhausted:
+    """A retry was allowed by every other rule but the upstream's retry budget had no room."""
+
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRejected:
+    """Admission refused a request before any upstream contact."""
+
+    upstream: str
+    reason: str  # circuit_open, bulkhead_full, rate_limited, unknown_upstream
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitTransitioned:
+    """A breaker changed state; `reason` names the threshold that tripped, with its figures."""
+
+    upstream: str
+    route: str  # "default" for the upstream's own breaker
+    from_state: str
+    to_state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStarted:
     """Every listener and the admin API are bound; the sidecar is ready."""
 
@@ -91,6 +126,10 @@ class ProxyFault:
 Event = (
     RequestFinished
     | AttemptFinished
+    | RetryScheduled
+    | RetryBudgetExhausted
+    | RequestRejected
+    | CircuitTransitioned
     | ServerStarted
     | ShutdownStarted
     | ListenersClosed

@@ -90,6 +90,7 @@ class Exchange:
         "forward_headers",
         "head_only",
         "host_header",
+        "idempotency_key",
         "listener",
         "method",
         "outcome",
@@ -136,6 +137,7 @@ class Exchange:
         self.body = body
         self.content_length = content_length
         self.head_only = method == b"HEAD"
+        self.idempotency_key = False  # the client marked a POST/PATCH as safe to retry
         self.listener = listener
         self.responder = responder
         self.client_http11 = client_http11

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -61,6 +61,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_head_sent",
         "_head_size",
         "_host_count",
+        "_idempotency_key",
         "_listener",
         "_loop",
         "_parser",
@@ -116,6 +117,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._expect_continue = False
         self._connection_named: set[bytes] | None = None
         self._request_id = b""
+        self._idempotency_key = False
         self._head_size = 0
         self._head_seen = 0
         self._body: RequestBody | None = None
@@ -123,8 +125,8 @@ class DownstreamProtocol(asyncio.Protocol):
     # ---- connection lifecycle -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self._server.connection_opened(self)
         self._phase_started = self._loop.time()
         self._timer = self._loop.call_at(
@@ -195,6 +197,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
+        # Checked here too: a request with no header lines never reaches on_header.
+        if self._head_size > self._server.limits.max_header_bytes:
+            raise HeadersTooLargeError("request line and headers are over the size limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._phase != _HEAD:
@@ -210,6 +215,8 @@ class DownstreamProtocol(asyncio.Protocol):
             if self._request_id or not value or len(value) > 200:
                 raise BadRequestError("x-request-id must appear once and be 1 to 200 bytes")
             self._request_id = value
+        elif lower == b"idempotency-key":
+            self._idempotency_key = True
         self._forward.append(name + b": " + value + CRLF)
 
     def _special_header(self, lower: bytes, value: bytes) -> None:
@@ -270,6 +277,8 @@ class DownstreamProtocol(asyncio.Protocol):
         parser = self._parser
         version = parser.get_http_version()
         method = parser.get_method()
+        if version not in ("1.0", "1.1"):  # llhttp also parses HTTP/0.9 and HTTP/2.0 lines
+            raise BadRequestError("only HTTP/1.0 and HTTP/1.1 requests are accepted")
         if self._host_count > 1:
             raise BadRequestError("more than one Host header")
         if self._has_te and version != "1.1":
@@ -297,7 +306,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._body = body
         query = target.find(b"?")
         now = self._loop.time()
-        return Exchange(
+        exchange = Exchange(
             method=method,
             target=target,
             path=target if query == -1 else target[:query],
@@ -315,6 +324,8 @@ class DownstreamProtocol(asyncio.Protocol):
             started=now,
             wall_started=wall_time(),
         )
+        exchange.idempotency_key = self._idempotency_key
+        return exchange
 
     def _resolve_target(self, method: bytes, version: str) -> tuple[bytes, str, bytes | None]:
         """Origin-form target to forward, the normalised authority, and the Host to send."""
@@ -592,7 +603,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if task is not None and not task.done():
             task.cancel()
         if self._transport is not None:
-            if not self._head_sent:
+            # `_head_sent` still describes the previous answer on a keep-alive connection;
+            # only a response being written right now makes the error page impossible.
+            if self._current is None or not self._head_sent:
                 self._transport.write(payload)
             self._transport.close()
 
