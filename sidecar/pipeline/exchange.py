@@ -102,6 +102,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "tunnel_bytes_in",
         "upstream",
         "wall_started",
     )
@@ -150,12 +151,13 @@ class Exchange:
         self.attempts = 0
         self.status = 0
         self.bytes_out = 0
+        self.tunnel_bytes_in = 0  # CONNECT: bytes the client sent into the tunnel
         self.outcome = Outcome.SUCCESS
         self.error = ""
 
     @property
     def bytes_in(self) -> int:
-        return self.body.size if self.body is not None else 0
+        return self.body.size if self.body is not None else self.tunnel_bytes_in
 
     def __repr__(self) -> str:
         upstream = self.upstream.name if self.upstream is not None else "-"

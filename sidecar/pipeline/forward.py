@@ -8,9 +8,9 @@ they never reach past it to a connection.
 from __future__ import annotations
 
 from sidecar.clock import Clock
-from sidecar.errors import AttemptError
+from sidecar.errors import AttemptError, BodyStreamError
 from sidecar.events import AttemptFinished, Observers
-from sidecar.outcome import classify_status
+from sidecar.outcome import classify_status, outcome_for_status
 from sidecar.pipeline.exchange import Exchange, Transport
 from sidecar.pipeline.route import Route
 from sidecar.upstream.group import Upstream
@@ -55,18 +55,19 @@ class Forwarder:
                     )
                 )
                 raise
-            self._observers.emit(
-                AttemptFinished(
-                    upstream.name,
-                    pool.label,
-                    classify_status(response.status),
-                    self._clock.now() - started,
-                )
-            )
+            # Recorded once the body is over: a body that breaks off (idle timeout, reset)
+            # makes the attempt a failure after all (SPEC §4.3). The duration is to the head.
+            result = classify_status(response.status)
+            exchange.outcome = outcome_for_status(response.status)  # a relayed 5xx is a failure
+            elapsed = self._clock.now() - started
             try:
                 await exchange.responder.relay(exchange, response)
+            except BodyStreamError as error:
+                result = error.result
+                raise
             finally:
                 response.release()
+                self._observers.emit(AttemptFinished(upstream.name, pool.label, result, elapsed))
         finally:
             pool.inflight -= 1
 

@@ -273,8 +273,11 @@ class ProxyServer:
         downstream.write_raw(ESTABLISHED)
         exchange.status = 200
         tunnel.connected(transport, done)
-        await done
-        exchange.bytes_out = tunnel.bytes_out
+        try:
+            await done
+        finally:  # also when the client's disconnect cancels this task: the counts are logged
+            exchange.bytes_out = tunnel.bytes_out
+            exchange.tunnel_bytes_in = tunnel.bytes_in
 
     def __repr__(self) -> str:
         return f"ProxyServer(connections={len(self._connections)}, draining={self.draining})"

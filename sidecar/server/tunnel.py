@@ -8,7 +8,7 @@ Back-pressure works like the HTTP path: each side pauses the other's reading.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from sidecar.server.downstream import DownstreamProtocol
@@ -19,7 +19,17 @@ ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 class Tunnel:
     """The downstream half of a tunnel: buffers early bytes until the upstream is connected."""
 
-    __slots__ = ("_closed", "_done", "_downstream", "_early", "_upstream", "bytes_in", "bytes_out")
+    __slots__ = (
+        "_closed",
+        "_done",
+        "_downstream",
+        "_downstream_eof",
+        "_early",
+        "_upstream",
+        "_upstream_eof",
+        "bytes_in",
+        "bytes_out",
+    )
 
     def __init__(self, downstream: DownstreamProtocol, early: bytes) -> None:
         self._downstream = downstream
@@ -27,6 +37,10 @@ class Tunnel:
         self._upstream: asyncio.Transport | None = None
         self._done: asyncio.Future[None] | None = None
         self._closed = False
+        # A half-close is passed on; once both sides have sent EOF nothing can flow any more,
+        # and the tunnel must close itself (asyncio keeps half-closed transports open).
+        self._downstream_eof = False
+        self._upstream_eof = False
         self.bytes_in = len(early)
         self.bytes_out = 0
 
@@ -37,6 +51,8 @@ class Tunnel:
         for piece in self._early:
             upstream.write(piece)
         self._early.clear()
+        if self._downstream_eof and upstream.can_write_eof():
+            upstream.write_eof()
 
     def to_upstream(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -51,8 +67,21 @@ class Tunnel:
             transport.write(data)
 
     def downstream_eof(self) -> None:
+        self._downstream_eof = True
         if self._upstream is not None and self._upstream.can_write_eof():
             self._upstream.write_eof()
+        if self._upstream_eof:
+            self.close()
+
+    def upstream_eof(self, downstream: asyncio.Transport | None) -> bool:
+        """The target sent EOF; False when the upstream transport should simply close."""
+        self._upstream_eof = True
+        if downstream is None or not downstream.can_write_eof():
+            return False
+        downstream.write_eof()
+        if self._downstream_eof:
+            self.close()
+        return True
 
     def pause_upstream(self) -> None:
         if self._upstream is not None:
@@ -88,18 +117,14 @@ class TunnelUpstream(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._tunnel.to_downstream(data, self._downstream_transport)
 
     def eof_received(self) -> bool:
-        downstream = self._downstream_transport
-        if downstream is not None and downstream.can_write_eof():
-            downstream.write_eof()
-            return True
-        return False
+        return self._tunnel.upstream_eof(self._downstream_transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._tunnel.close()

@@ -9,11 +9,18 @@ of routes, retries or the client: `transport.py` drives it, `pool.py` keeps it.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from sidecar.errors import BodyStreamError, UpstreamProtocolError, UpstreamResetError
+from sidecar.errors import (
+    AttemptError,
+    BodyStreamError,
+    RequestTimeoutError,
+    UpstreamProtocolError,
+    UpstreamResetError,
+    UpstreamTimeoutError,
+)
 from sidecar.outcome import AttemptResult
 from sidecar.wire.flow import BodySink, Producer
 from sidecar.wire.framing import LAST_CHUNK, chunk
@@ -104,8 +111,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._state == _IDLE or self._state == _DONE:
@@ -278,7 +285,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def body_complete(self) -> bool:
-        return self._state == _DONE
+        return self._state == _DONE and self._body_error is None
+
+    def failed_before_relay(self) -> AttemptError | None:
+        """The body already broke off (it came in one read with the head) and nothing was
+        relayed yet: the attempt can still fail as a whole instead of a truncated answer."""
+        error = self._body_error
+        if not isinstance(error, BodyStreamError) or self._sink is not None:
+            return None
+        if error.result == AttemptResult.PROTOCOL_ERROR:
+            return UpstreamProtocolError(str(error))
+        if error.result == AttemptResult.TIMEOUT:
+            return UpstreamTimeoutError(str(error))
+        return UpstreamResetError(str(error))
 
     def take_buffered_body(self) -> list[bytes]:
         """Body chunks that arrived before a sink was attached (handed over once)."""
@@ -396,8 +415,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_handle = None
         if self._state == _DONE or self._closed:
             return
+        if self._state == _AWAITING_HEAD and self._request_sent:
+            return  # the request is sent: waiting for the head is per_try's job, not idle's
         due = self._last_activity + self._idle_timeout
         if self._loop.time() >= due:
+            if self._state == _AWAITING_HEAD:
+                # The request body stalled: the upstream's fault only if it stopped reading.
+                self._fail(
+                    UpstreamTimeoutError("upstream stopped reading the request body")
+                    if self._write_paused
+                    else RequestTimeoutError("the request body stalled for longer than idle")
+                )
+                return
             self._timed_out = True
             self.abort()
         else:

@@ -57,6 +57,9 @@ class HttpTransport:
                 if reused and _safe_to_resend(exchange):
                     continue  # the idle connection was closed under us; nothing was processed
                 raise
+            failure = conn.failed_before_relay()
+            if failure is not None:
+                raise failure  # a malformed or cut body that came with the head: still a 502
             return conn
         raise UpstreamResetError("upstream closed the connection before the response headers")
 
