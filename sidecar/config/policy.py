@@ -164,6 +164,15 @@ class BreakerPolicy(ConfigModel):
                     also=(("open_duration",),),
                 )
             )
+        if isinstance(self.window, CountWindow) and self.minimum_calls > self.window.calls:
+            raise RuleError(
+                Violation(
+                    ("minimum_calls",),
+                    f"minimum_calls ({self.minimum_calls}) must not exceed window.calls "
+                    f"({self.window.calls}), or the rates could never be judged",
+                    also=(("window", "calls"), ("window",)),
+                )
+            )
         return self
 
 

@@ -565,3 +565,13 @@ def test_sidecar_config_forbids_unknown_fields_in_python() -> None:
     """Models refuse unknown fields even when built directly."""
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         SidecarConfig.model_validate({"version": 1, "listners": []})
+
+
+def test_breaker_minimum_calls_cannot_exceed_a_count_window() -> None:
+    """A count window smaller than minimum_calls would never judge rates: refused, not capped."""
+    text = "version: 1\ndefaults:\n  circuit_breaker:\n    window: {calls: 5}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, source="cb.yaml")
+    message = str(caught.value)
+    assert "defaults.circuit_breaker" in message
+    assert "minimum_calls (10) must not exceed window.calls (5)" in message
