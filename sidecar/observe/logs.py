@@ -22,10 +22,12 @@ import orjson
 from sidecar.clock import wall_time
 from sidecar.events import (
     AttemptFinished,
+    CircuitTransitioned,
     Event,
     ListenersClosed,
     ProxyFault,
     RequestFinished,
+    RetryBudgetExhausted,
     ServerStarted,
     ShutdownFinished,
     ShutdownStarted,
@@ -227,6 +229,21 @@ class EventLog:
                 self.log_event(
                     level, "shutdown finished", abandoned=event.abandoned, forced=event.forced
                 )
+            case CircuitTransitioned():
+                # Opening is what an operator must notice; closing and trials are news.
+                level = "warning" if event.to_state == "open" else "info"
+                self.log_event(
+                    level,
+                    "circuit "
+                    + ("opened" if event.to_state == "open" else event.to_state.replace("_", "-")),
+                    upstream=event.upstream,
+                    route=event.route,
+                    from_state=event.from_state,
+                    to_state=event.to_state,
+                    reason=event.reason,
+                )
+            case RetryBudgetExhausted():
+                self.log_event("debug", "retry budget exhausted", upstream=event.upstream)
             case ProxyFault():
                 self.log_event(
                     "error", "proxy fault", request_id=event.request_id, detail=event.detail

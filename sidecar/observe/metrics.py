@@ -14,12 +14,20 @@ live state on the request path: gauges of live state (in-flight) are read at scr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from sidecar.events import AttemptFinished, Event, RequestFinished
+from sidecar.events import (
+    AttemptFinished,
+    CircuitTransitioned,
+    Event,
+    RequestFinished,
+    RequestRejected,
+    RetryBudgetExhausted,
+    RetryScheduled,
+)
 from sidecar.outcome import AttemptResult, Outcome
 
 # Proxy latencies span a cache-local 1 ms to a 60 s report route; these bounds keep the
@@ -50,6 +58,10 @@ STANDARD_METHODS: frozenset[str] = frozenset(
 OTHER_METHOD = "OTHER"
 
 InflightSource = Callable[[], Mapping[str, int]]
+# (upstream, route, state) per breaker; route is "default" for the upstream's own breaker.
+BreakerSource = Callable[[], Iterable[tuple[str, str, str]]]
+CIRCUIT_STATES = ("closed", "open", "half_open")
+UPSTREAM_BREAKER = "default"
 _RequestKey = tuple[str, str, str, int, Outcome]
 _RequestChildren = tuple[Counter, Histogram]
 _AttemptKey = tuple[str, str, AttemptResult]
@@ -92,17 +104,73 @@ class InflightCollector:
         return f"InflightCollector(source={self._source!r})"
 
 
+def _no_breakers() -> Iterable[tuple[str, str, str]]:
+    return ()
+
+
+class CircuitStateCollector:
+    """`sidecar_circuit_state{upstream, state}`: 1 on each breaker's current state, else 0.
+
+    Read at scrape time from the breakers themselves, so the gauge can never disagree with
+    the state the request path sees. Breakers a route owns go to
+    `sidecar_route_circuit_state{upstream, route, state}`, keeping the SPEC's label set exact.
+    """
+
+    __slots__ = ("_source",)
+
+    NAME = "sidecar_circuit_state"
+    HELP = "1 on the current state of each upstream's circuit breaker, 0 on the others."
+    ROUTE_NAME = "sidecar_route_circuit_state"
+    ROUTE_HELP = "1 on the current state of each route-level circuit breaker, 0 on the others."
+
+    def __init__(self) -> None:
+        self._source: BreakerSource = _no_breakers
+
+    def set_source(self, source: BreakerSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "state"))
+        yield GaugeMetricFamily(
+            self.ROUTE_NAME, self.ROUTE_HELP, labels=("upstream", "route", "state")
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        upstreams = GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "state"))
+        routes = GaugeMetricFamily(
+            self.ROUTE_NAME, self.ROUTE_HELP, labels=("upstream", "route", "state")
+        )
+        for upstream, route, current in self._source():
+            for state in CIRCUIT_STATES:
+                value = 1.0 if state == current else 0.0
+                if route == UPSTREAM_BREAKER:
+                    upstreams.add_metric((upstream, state), value)
+                else:
+                    routes.add_metric((upstream, route, state), value)
+        yield upstreams
+        yield routes
+
+    def __repr__(self) -> str:
+        return f"CircuitStateCollector(source={self._source!r})"
+
+
 class SidecarMetrics:
     """The sidecar's metrics on one registry; an `Observer` of the request and attempt events."""
 
     __slots__ = (
         "_attempt_children",
         "_attempts",
+        "_budget_exhausted",
         "_build_info",
+        "_circuit_state",
         "_duration",
         "_inflight",
+        "_rejected",
         "_request_children",
         "_requests",
+        "_retries",
+        "_route_transitions",
+        "_transitions",
     )
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
@@ -134,6 +202,38 @@ class SidecarMetrics:
         self._build_info.labels(version).set(1)
         self._inflight = InflightCollector()
         registry.register(self._inflight)
+        self._retries = Counter(
+            "sidecar_retries_total",
+            "Retries scheduled, by upstream and the reason (a status code or a failure kind).",
+            ("upstream", "reason"),
+            registry=registry,
+        )
+        self._budget_exhausted = Counter(
+            "sidecar_retry_budget_exhausted_total",
+            "Retries refused because the upstream's retry budget had no room.",
+            ("upstream",),
+            registry=registry,
+        )
+        self._rejected = Counter(
+            "sidecar_rejected_total",
+            "Requests refused before any upstream contact, by reason.",
+            ("upstream", "reason"),
+            registry=registry,
+        )
+        self._transitions = Counter(
+            "sidecar_circuit_transitions_total",
+            "State changes of each upstream's circuit breaker.",
+            ("upstream", "from", "to"),
+            registry=registry,
+        )
+        self._route_transitions = Counter(
+            "sidecar_route_circuit_transitions_total",
+            "State changes of route-level circuit breakers.",
+            ("upstream", "route", "from", "to"),
+            registry=registry,
+        )
+        self._circuit_state = CircuitStateCollector()
+        registry.register(self._circuit_state)
         self._request_children: dict[_RequestKey, _RequestChildren] = {}
         self._attempt_children: dict[_AttemptKey, Counter] = {}
 
@@ -141,14 +241,31 @@ class SidecarMetrics:
         """Where `sidecar_inflight_requests` reads upstream → in-flight count at scrape time."""
         self._inflight.set_source(source)
 
+    def set_breaker_source(self, source: BreakerSource) -> None:
+        """Where `sidecar_circuit_state` reads (upstream, route, state) at scrape time."""
+        self._circuit_state.set_source(source)
+
     def notify(self, event: Event) -> None:
         match event:
             case RequestFinished():
                 self._on_request(event)
             case AttemptFinished():
                 self._on_attempt(event)
+            case RetryScheduled():
+                self._retries.labels(event.upstream, event.reason).inc()
+            case RetryBudgetExhausted():
+                self._budget_exhausted.labels(event.upstream).inc()
+            case RequestRejected():
+                self._rejected.labels(event.upstream, event.reason).inc()
+            case CircuitTransitioned():
+                if event.route == UPSTREAM_BREAKER:
+                    self._transitions.labels(event.upstream, event.from_state, event.to_state).inc()
+                else:
+                    self._route_transitions.labels(
+                        event.upstream, event.route, event.from_state, event.to_state
+                    ).inc()
             case _:
-                pass  # lifecycle events carry no metric (yet)
+                pass  # lifecycle events carry no metric
 
     def _on_request(self, event: RequestFinished) -> None:
         method = event.method

@@ -1,8 +1,10 @@
-"""The innermost stage: one attempt to one endpoint, then the response relayed to the client.
+"""The innermost stage's parts: one attempt to one endpoint, and the relay of its answer.
 
-It emits one `AttemptFinished` per attempt, classified by `sidecar.outcome`, and keeps the
-upstream's and endpoint's in-flight counts. Retries, admission and fallback wrap this stage;
-they never reach past it to a connection.
+`send` never raises for an upstream failure: it returns an `Attempt` that says what happened,
+so the attempt loop can classify, record and decide before anything reaches the client. An
+attempt ends in exactly one of `relay` (its answer goes to the client) or `discard` (a retry
+follows or the request is abandoned); each emits the attempt's one `AttemptFinished` and
+returns the endpoint's in-flight slot.
 """
 
 from __future__ import annotations
@@ -10,14 +12,51 @@ from __future__ import annotations
 from sidecar.clock import Clock
 from sidecar.errors import AttemptError, BodyStreamError
 from sidecar.events import AttemptFinished, Observers
-from sidecar.outcome import classify_status, outcome_for_status
-from sidecar.pipeline.exchange import Exchange, Transport
+from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
+from sidecar.pipeline.exchange import Exchange, Transport, UpstreamResponse
 from sidecar.pipeline.route import Route
 from sidecar.upstream.group import Upstream
+from sidecar.upstream.pool import EndpointPool
+
+
+class Attempt:
+    """What one attempt produced: a response head, or the error that ended it."""
+
+    __slots__ = ("elapsed", "error", "finished", "pool", "response", "result", "status")
+
+    def __init__(
+        self,
+        pool: EndpointPool,
+        response: UpstreamResponse | None,
+        error: AttemptError | None,
+        elapsed: float,
+    ) -> None:
+        self.pool = pool
+        self.response = response
+        self.error = error
+        self.elapsed = elapsed  # seconds until the head arrived or the attempt failed
+        self.finished = False  # its AttemptFinished was emitted and its slot returned
+        if response is not None:
+            self.status = response.status
+            self.result = classify_status(response.status)
+        else:
+            assert error is not None
+            self.status = 0
+            self.result = error.result
+
+    @property
+    def retry_reason(self) -> str:
+        """The `reason` label of a retry: the status code, or the failure kind."""
+        if self.result is AttemptResult.SUCCESS or self.result is AttemptResult.HTTP_5XX:
+            return str(self.status)
+        return self.result.value
+
+    def __repr__(self) -> str:
+        return f"Attempt({self.pool.label}, result={self.result.value}, status={self.status})"
 
 
 class Forwarder:
-    """Sends the exchange to the endpoint the balancer picks and streams the answer back."""
+    """Sends an exchange to the endpoint the balancer picks; relays or discards the answer."""
 
     __slots__ = ("_clock", "_observers", "_route", "_transport", "_upstream")
 
@@ -35,41 +74,66 @@ class Forwarder:
         self._clock = clock
         self._observers = observers
 
-    async def __call__(self, exchange: Exchange) -> None:
-        upstream = self._upstream
+    async def send(self, exchange: Exchange, avoid: EndpointPool | None = None) -> Attempt:
+        """One attempt, until the response head; upstream failures come back in the result."""
         route = self._route
-        pool = upstream.pick(exchange.authority)
+        pool = self._upstream.pick(exchange.authority, avoid)
         exchange.attempts += 1
         started = self._clock.now()
         deadline = min(started + route.per_try, exchange.deadline)
         pool.inflight += 1
         try:
-            try:
-                response = await self._transport.send(
-                    pool, exchange, deadline, route.connect, route.idle
-                )
-            except AttemptError as error:
-                self._observers.emit(
-                    AttemptFinished(
-                        upstream.name, pool.label, error.result, self._clock.now() - started
-                    )
-                )
-                raise
-            # Recorded once the body is over: a body that breaks off (idle timeout, reset)
-            # makes the attempt a failure after all (SPEC §4.3). The duration is to the head.
-            result = classify_status(response.status)
-            exchange.outcome = outcome_for_status(response.status)  # a relayed 5xx is a failure
-            elapsed = self._clock.now() - started
-            try:
-                await exchange.responder.relay(exchange, response)
-            except BodyStreamError as error:
-                result = error.result
-                raise
-            finally:
-                response.release()
-                self._observers.emit(AttemptFinished(upstream.name, pool.label, result, elapsed))
-        finally:
+            response = await self._transport.send(
+                pool, exchange, deadline, route.connect, route.idle
+            )
+        except AttemptError as error:
+            if exchange.body is not None:
+                exchange.body.detach()
+            attempt = Attempt(pool, None, error, self._clock.now() - started)
+            self.discard(attempt)
+            return attempt
+        except BaseException:
             pool.inflight -= 1
+            raise
+        return Attempt(pool, response, None, self._clock.now() - started)
+
+    async def relay(self, exchange: Exchange, attempt: Attempt) -> None:
+        """Stream the attempt's answer to the client; a body that breaks off fails the attempt."""
+        response = attempt.response
+        assert response is not None
+        # Recorded once the body is over: a body that breaks off (idle timeout, reset)
+        # makes the attempt a failure after all (SPEC §4.3). The duration is to the head.
+        exchange.outcome = outcome_for_status(response.status)
+        try:
+            await exchange.responder.relay(exchange, response)
+        except BodyStreamError as error:
+            attempt.result = error.result
+            raise
+        finally:
+            response.release()
+            self._finish(attempt)
+
+    def discard(self, attempt: Attempt) -> None:
+        """The attempt's answer will not be relayed: free its connection and slot."""
+        response = attempt.response
+        if response is not None:
+            if response.body_complete:
+                response.release()  # nothing left to read: the connection stays reusable
+            else:
+                response.discard()
+            attempt.response = None
+        self._finish(attempt)
+
+    def _finish(self, attempt: Attempt) -> None:
+        if attempt.finished:
+            return
+        attempt.finished = True
+        attempt.pool.inflight -= 1
+        self._observers.emit(
+            AttemptFinished(
+                self._upstream.name, attempt.pool.label, attempt.result, attempt.elapsed
+            )
+        )
 
     def __repr__(self) -> str:
         return f"Forwarder(upstream={self._upstream.name!r}, route={self._route.label!r})"

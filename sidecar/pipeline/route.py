@@ -11,9 +11,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar.clock import Clock
 from sidecar.config import Endpoint, RouteConfig, SidecarConfig, UnknownHosts, UpstreamConfig
 from sidecar.errors import UnknownUpstreamError
 from sidecar.pipeline.exchange import Stage
+from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.loopguard import LoopGuard
 
@@ -42,14 +44,29 @@ class RouteMatcher:
 class Route:
     """A route's effective policy as plain floats, and its composed stage chain."""
 
-    __slots__ = ("config", "connect", "idle", "label", "matcher", "per_try", "pipeline", "total")
+    __slots__ = (
+        "breaker",
+        "config",
+        "connect",
+        "idle",
+        "label",
+        "matcher",
+        "per_try",
+        "pipeline",
+        "total",
+    )
 
     def __init__(
-        self, label: str, config: RouteConfig | UpstreamConfig, matcher: RouteMatcher | None
+        self,
+        label: str,
+        config: RouteConfig | UpstreamConfig,
+        matcher: RouteMatcher | None,
+        breaker: CircuitBreaker,
     ) -> None:
         self.label = label
         self.config = config
         self.matcher = matcher
+        self.breaker = breaker  # the route's own, or its upstream's
         timeouts = config.timeouts
         self.connect = timeouts.connect
         self.per_try = timeouts.per_try
@@ -88,6 +105,7 @@ class Router:
         "_build_stages",
         "_by_authority",
         "_by_host",
+        "_clock",
         "_config",
         "_implicit",
         "_loop",
@@ -103,8 +121,10 @@ class Router:
         loop_guard: LoopGuard,
         build_stages: StageBuilder,
         rng: random.Random,
+        clock: Clock,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._loop = loop
         self._loop_guard = loop_guard
         self._build_stages = build_stages
@@ -157,7 +177,7 @@ class Router:
         return [*self.upstreams.values(), *self._implicit.values()]
 
     def _compile(self, config: UpstreamConfig) -> Upstream:
-        upstream = Upstream(config, self._loop, self._loop_guard, self._rng)
+        upstream = Upstream(config, self._loop, self._loop_guard, self._rng, self._clock)
         routes = []
         for index, route_config in enumerate(config.routes):
             match = route_config.match
@@ -167,8 +187,13 @@ class Router:
                 methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
             )
             label = route_config.name or match.path or match.path_prefix or f"route-{index}"
-            routes.append(Route(label, route_config, matcher))
-        default = Route(DEFAULT_ROUTE, config, None)
+            breaker = (
+                CircuitBreaker(route_config.circuit_breaker, self._clock)
+                if route_config.own_breaker
+                else upstream.breaker
+            )
+            routes.append(Route(label, route_config, matcher, breaker))
+        default = Route(DEFAULT_ROUTE, config, None, upstream.breaker)
         for route in (*routes, default):
             route.pipeline = self._build_stages(upstream, route)
         upstream.routes = RouteTable(routes, default)

@@ -1,22 +1,53 @@
 """Composes a route's stage chain once, when the config loads (never per request).
 
-Today the chain is the forwarder alone; admission (rate limit, bulkhead, breaker), the retry
-loop and fallback wrap it here in later versions, outermost first: fallback → admission →
-attempts → forward.
+Outermost first: admission (rate limit, bulkhead; shared by the upstream's routes) → the
+attempt loop (breaker permit, retries with backoff and budget) → the forwarder (one attempt,
+then the relay). Fallback wraps admission, because it answers for its rejections too.
 """
 
 from __future__ import annotations
 
+import random
+
 from sidecar.clock import Clock
 from sidecar.events import Observers
+from sidecar.outcome import FailureMatcher
+from sidecar.pipeline.admission import Admission
 from sidecar.pipeline.exchange import Stage, Transport
 from sidecar.pipeline.forward import Forwarder
+from sidecar.pipeline.retry import AttemptLoop
 from sidecar.pipeline.route import Route
+from sidecar.resilience.backoff import Backoff
 from sidecar.upstream.group import Upstream
 
 
 def build_stages(
-    upstream: Upstream, route: Route, transport: Transport, clock: Clock, observers: Observers
+    upstream: Upstream,
+    route: Route,
+    transport: Transport,
+    clock: Clock,
+    observers: Observers,
+    rng: random.Random,
 ) -> Stage:
     """The stage chain for one route of one upstream."""
-    return Forwarder(upstream, route, transport, clock, observers)
+    config = route.config
+    attempts = AttemptLoop(
+        upstream=upstream.name,
+        route=route.label,
+        forwarder=Forwarder(upstream, route, transport, clock, observers),
+        breaker=route.breaker,
+        breaker_failures=FailureMatcher(config.circuit_breaker.failure_on),
+        policy=config.retries,
+        backoff=Backoff(config.retries.backoff, rng),
+        budget=upstream.budget,
+        clock=clock,
+        observers=observers,
+    )
+    return Admission(
+        upstream.name,
+        attempts,
+        upstream.gate,
+        upstream.config.bulkhead.queue_timeout,
+        upstream.rate_limit,
+        observers,
+    )

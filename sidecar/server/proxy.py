@@ -20,9 +20,10 @@ from sidecar.errors import (
     BodyStreamError,
     LoopDetectedError,
     ProxyError,
+    UnknownUpstreamError,
     UpstreamConnectError,
 )
-from sidecar.events import Observers, ProxyFault, RequestFinished
+from sidecar.events import Observers, ProxyFault, RequestFinished, RequestRejected
 from sidecar.outcome import AttemptResult, Outcome
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.route import Router
@@ -165,6 +166,8 @@ class ProxyServer:
                 upstream.inflight -= 1
         except ProxyError as error:
             exchange.outcome = error.outcome
+            if isinstance(error, UnknownUpstreamError):
+                self.observers.emit(RequestRejected("", "unknown_upstream"))
             if responder.head_sent:
                 responder.abort()
             else:
@@ -203,7 +206,7 @@ class ProxyServer:
                 duration=self.loop.time() - exchange.started,
                 bytes_in=exchange.bytes_in,
                 bytes_out=exchange.bytes_out,
-                circuit_state="closed",
+                circuit_state=route.breaker.state.value if route is not None else "",
                 error=exchange.error,
             )
         )
@@ -227,7 +230,7 @@ class ProxyServer:
                 duration=0.0,
                 bytes_in=0,
                 bytes_out=0,
-                circuit_state="closed",
+                circuit_state="",
                 error=error.code.value,
             )
         )

@@ -87,13 +87,16 @@ class Runtime:
         rng = random.Random()
 
         def stages(upstream: Any, route: Any) -> Any:
-            return build_stages(upstream, route, transport, clock, observers)
+            return build_stages(upstream, route, transport, clock, observers, rng)
 
-        router = Router(config, loop, loop_guard, stages, rng)
+        router = Router(config, loop, loop_guard, stages, rng, clock)
         server = ProxyServer(config, router, loop, clock, observers, loop_guard)
         self.server = server
         metrics.set_inflight_source(
             lambda: {u.name: u.inflight for u in server.router.all_upstreams()}
+        )
+        metrics.set_breaker_source(
+            lambda: [state for u in server.router.all_upstreams() for state in u.breakers()]
         )
         limiter = ConnectionLimiter(config.limits.max_connections)
         server.limiter = limiter

@@ -13,8 +13,14 @@ import ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from sidecar.clock import Clock
 from sidecar.config import Endpoint, UpstreamConfig
 from sidecar.errors import StartupError
+from sidecar.resilience.breaker import CircuitBreaker
+from sidecar.resilience.budget import RetryBudget
+from sidecar.resilience.bulkhead import Bulkhead
+from sidecar.resilience.gate import BulkheadGate
+from sidecar.resilience.ratelimit import TokenBucket
 from sidecar.upstream.balancing import Balancer, make_balancer
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.pool import EndpointPool
@@ -35,11 +41,15 @@ class Upstream:
         "_loop",
         "_loop_guard",
         "_ssl",
+        "breaker",
+        "budget",
         "config",
+        "gate",
         "inflight",
         "name",
         "name_bytes",
         "pools",
+        "rate_limit",
         "routes",
     )
 
@@ -49,6 +59,7 @@ class Upstream:
         loop: asyncio.AbstractEventLoop,
         loop_guard: LoopGuard,
         rng: random.Random,
+        clock: Clock,
     ) -> None:
         self.name = config.name
         self.name_bytes = config.name.encode()
@@ -65,6 +76,15 @@ class Upstream:
         )
         self._dynamic: OrderedDict[str, EndpointPool] = OrderedDict()
         self.inflight = 0
+        # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
+        self.breaker = CircuitBreaker(config.circuit_breaker, clock)
+        self.budget = RetryBudget(config.retries.budget, clock)
+        self.gate = BulkheadGate(Bulkhead.from_policy(config.bulkhead))
+        self.rate_limit = (
+            TokenBucket.from_policy(config.rate_limit, clock)
+            if config.rate_limit is not None
+            else None
+        )
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
 
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
@@ -85,6 +105,17 @@ class Upstream:
             _, oldest = self._dynamic.popitem(last=False)
             oldest.close()
         return pool
+
+    def breakers(self) -> list[tuple[str, str, str]]:
+        """(upstream, route, state) for its own breaker and each route that has one."""
+        states = [(self.name, "default", self.breaker.state.value)]
+        if self.routes is not None:
+            states.extend(
+                (self.name, route.label, route.breaker.state.value)
+                for route in self.routes.routes
+                if route.breaker is not self.breaker
+            )
+        return states
 
     def close(self) -> None:
         for pool in self.pools:

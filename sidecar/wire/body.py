@@ -37,6 +37,7 @@ class RequestBody:
         "on_attach",
         "replayable",
         "retain_limit",
+        "sent",
         "size",
     )
 
@@ -49,6 +50,7 @@ class RequestBody:
         self.size = 0
         self.complete = False
         self.replayable = True
+        self.sent = False  # handed to an attempt at least once
         # Called once, when the body is first wanted (sends `100 Continue` to the client).
         self.on_attach: Callable[[], None] | None = None
 
@@ -80,6 +82,7 @@ class RequestBody:
     def attach(self, consumer: BodyConsumer) -> None:
         """Send what has arrived so far to `consumer`, then stream the rest to it."""
         self._consumer = consumer
+        self.sent = True
         if self.on_attach is not None:
             on_attach, self.on_attach = self.on_attach, None
             on_attach()
@@ -104,8 +107,12 @@ class RequestBody:
 
     @property
     def can_replay(self) -> bool:
-        """Whether a new attempt can be sent the whole body from the start."""
-        return self.replayable and self._consumer is None
+        """Whether a new attempt can be sent the whole body from the start.
+
+        A body no attempt has taken yet is always whole (a connect failure sent nothing);
+        one that was sent is whole again only if it stayed within `retain_limit`.
+        """
+        return self._consumer is None and (self.replayable or not self.sent)
 
     def __repr__(self) -> str:
         return (

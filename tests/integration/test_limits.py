@@ -91,7 +91,9 @@ async def test_metrics_count_requests_and_attempts_with_labels(upstream: HttpUps
     assert requests() == 6
     endpoint = upstream.url().rstrip("/")
     assert attempts(**svc, endpoint=endpoint, result="success") == 4
-    assert attempts(**svc, endpoint=endpoint, result="http_5xx") == 1
+    # The 503 is retried twice by default (max_attempts 3, `on` lists 503).
+    assert attempts(**svc, endpoint=endpoint, result="http_5xx") == 3
     assert attempts(upstream="gone", endpoint=refused, result="connect_failure") == 1
-    assert attempts() == 6
+    assert attempts() == 8
+    assert samples.value("sidecar_retries_total", upstream="svc", reason="503") == 2
     assert samples.value("sidecar_request_duration_seconds_count", upstream="svc") == 5

@@ -13,6 +13,7 @@ from sidecar.errors import UnknownUpstreamError
 from sidecar.pipeline.route import Route, RouteMatcher, Router, normalise_authority
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.loopguard import LoopGuard
+from tests.fakes import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def router() -> Iterator[Router]:
         return None
 
     try:
-        yield Router(load_config_text(YAML), loop, LoopGuard(), no_stages, random.Random(0))  # type: ignore[arg-type]
+        yield Router(load_config_text(YAML), loop, LoopGuard(), no_stages, random.Random(0), FakeClock())  # type: ignore[arg-type]
     finally:
         loop.close()
 
@@ -109,7 +110,7 @@ def test_route_unknown_host_denied() -> None:
     loop = asyncio.new_event_loop()
     try:
         config = load_config_text(YAML.replace("allow", "deny"))
-        router = Router(config, loop, LoopGuard(), lambda u, r: None, random.Random(0))  # type: ignore[arg-type,return-value]
+        router = Router(config, loop, LoopGuard(), lambda u, r: None, random.Random(0), FakeClock())  # type: ignore[arg-type,return-value]
         with pytest.raises(UnknownUpstreamError, match="nowhere"):
             router.by_authority("nowhere:80")
     finally:

@@ -1,0 +1,176 @@
+"""The attempt loop (SPEC §4.1 steps 3–5): breaker permit, attempt, classify, record, retry.
+
+Every attempt is one call for the breaker. A failed attempt is retried only when all of
+these hold: its outcome is in `retries.on`; the method is retryable (or nothing was sent);
+the body can be replayed; attempts remain; the breaker is closed and the request is not a
+half-open trial; the `total` deadline leaves time for the backoff; the retry budget has
+room. Nothing reaches the client before the loop commits to one attempt's answer, so a
+retry never follows a byte sent downstream.
+"""
+
+from __future__ import annotations
+
+from sidecar.clock import Clock, wall_time
+from sidecar.config import RetryPolicy
+from sidecar.errors import CircuitOpenError
+from sidecar.events import (
+    CircuitTransitioned,
+    Observers,
+    RequestRejected,
+    RetryBudgetExhausted,
+    RetryScheduled,
+)
+from sidecar.outcome import AttemptResult, FailureMatcher
+from sidecar.pipeline.exchange import Exchange
+from sidecar.pipeline.forward import Attempt, Forwarder
+from sidecar.resilience.backoff import Backoff, parse_retry_after
+from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Transition
+from sidecar.resilience.budget import RetryBudget
+
+# Methods the client may make retryable with an Idempotency-Key header.
+_KEYED_METHODS = frozenset({b"POST", b"PATCH"})
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class AttemptLoop:
+    """One route's attempts: at most `max_attempts`, each admitted by the route's breaker."""
+
+    __slots__ = (
+        "_backoff",
+        "_breaker",
+        "_breaker_failures",
+        "_budget",
+        "_clock",
+        "_forwarder",
+        "_methods",
+        "_observers",
+        "_policy",
+        "_retry_on",
+        "_route",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        route: str,
+        forwarder: Forwarder,
+        breaker: CircuitBreaker,
+        breaker_failures: FailureMatcher,
+        policy: RetryPolicy,
+        backoff: Backoff,
+        budget: RetryBudget,
+        clock: Clock,
+        observers: Observers,
+    ) -> None:
+        self._upstream = upstream
+        self._route = route
+        self._forwarder = forwarder
+        self._breaker = breaker
+        self._breaker_failures = breaker_failures
+        self._policy = policy
+        self._retry_on = FailureMatcher(policy.on)
+        self._methods = frozenset(method.encode() for method in policy.methods)
+        self._backoff = backoff
+        self._budget = budget
+        self._clock = clock
+        self._observers = observers
+
+    async def __call__(self, exchange: Exchange) -> None:
+        breaker = self._breaker
+        forwarder = self._forwarder
+        self._budget.record_request()
+        body = exchange.body
+        if body is not None and self._policy.max_attempts > 1:
+            body.retain_limit = self._policy.buffer_limit
+        last: Attempt | None = None
+        while True:
+            permit = breaker.try_acquire()
+            self._emit(breaker.take_transition())
+            if permit is None:
+                if last is None:
+                    self._observers.emit(RequestRejected(self._upstream, "circuit_open"))
+                raise CircuitOpenError(
+                    f"the circuit breaker of {self._upstream} is open",
+                    retry_after=breaker.retry_after(),
+                )
+            try:
+                attempt = await forwarder.send(exchange, last.pool if last is not None else None)
+            except BaseException:
+                breaker.release(permit)  # cancelled: the call never completed
+                raise
+            failed = self._breaker_failures.matches(attempt.result, attempt.status)
+            self._emit(breaker.record(permit, failed, attempt.elapsed))
+            last = attempt
+            delay = self._retry_delay(exchange, attempt, permit.trial)
+            if delay is None:
+                break
+            forwarder.discard(attempt)
+            self._observers.emit(RetryScheduled(self._upstream, attempt.retry_reason, delay))
+            await self._clock.sleep(delay)
+        if last.response is None:
+            assert last.error is not None
+            raise last.error
+        await forwarder.relay(exchange, last)
+
+    def _retry_delay(self, exchange: Exchange, attempt: Attempt, trial: bool) -> float | None:
+        """Seconds to wait before the next attempt, or None when this attempt is final."""
+        policy = self._policy
+        if not self._retry_on.matches(attempt.result, attempt.status):
+            return None
+        if exchange.attempts >= policy.max_attempts or trial:
+            return None
+        if self._breaker.state is not CircuitState.CLOSED:
+            return None
+        if attempt.result is not AttemptResult.CONNECT_FAILURE and not self._method_retryable(
+            exchange
+        ):
+            return None  # something may have reached the application: never send it twice
+        body = exchange.body
+        if body is not None and not body.can_replay:
+            return None
+        delay = self._backoff.delay(exchange.attempts)
+        asked = self._retry_after(attempt)
+        if asked is not None:
+            if asked > policy.max_retry_after:
+                return None  # the upstream asks for longer than we may wait: answer now
+            delay = asked
+        if self._clock.now() + delay >= exchange.deadline:
+            return None
+        if not self._budget.try_spend():
+            self._observers.emit(RetryBudgetExhausted(self._upstream))
+            return None
+        return delay
+
+    def _method_retryable(self, exchange: Exchange) -> bool:
+        method = exchange.method
+        return method in self._methods or (exchange.idempotency_key and method in _KEYED_METHODS)
+
+    def _retry_after(self, attempt: Attempt) -> float | None:
+        response = attempt.response
+        if (
+            response is None
+            or not self._policy.respect_retry_after
+            or attempt.status not in _RETRY_AFTER_STATUSES
+        ):
+            return None
+        for name, value in response.headers:
+            if name == b"retry-after":
+                return parse_retry_after(value, wall_time())
+        return None
+
+    def _emit(self, transition: Transition | None) -> None:
+        if transition is not None:
+            self._observers.emit(
+                CircuitTransitioned(
+                    self._upstream,
+                    self._route,
+                    transition.from_state.value,
+                    transition.to_state.value,
+                    transition.reason,
+                )
+            )
+
+    def __repr__(self) -> str:
+        return f"AttemptLoop(upstream={self._upstream!r}, route={self._route!r}, breaker={self._breaker!r})"
