@@ -87,10 +87,8 @@ class Forwarder:
                 pool, exchange, deadline, route.connect, route.idle
             )
         except AttemptError as error:
-            if exchange.body is not None:
-                exchange.body.detach()
             attempt = Attempt(pool, None, error, self._clock.now() - started)
-            self.discard(attempt)
+            self.discard(exchange, attempt)
             return attempt
         except BaseException:
             pool.inflight -= 1
@@ -113,8 +111,10 @@ class Forwarder:
             response.release()
             self._finish(attempt)
 
-    def discard(self, attempt: Attempt) -> None:
-        """The attempt's answer will not be relayed: free its connection and slot."""
+    def discard(self, exchange: Exchange, attempt: Attempt) -> None:
+        """The attempt's answer will not be relayed: free its connection, slot and the body."""
+        if exchange.body is not None:
+            exchange.body.detach()  # a retry may replay it to another connection
         response = attempt.response
         if response is not None:
             if response.body_complete:

@@ -106,7 +106,7 @@ class AttemptLoop:
             delay = self._retry_delay(exchange, attempt, permit.trial)
             if delay is None:
                 break
-            forwarder.discard(attempt)
+            forwarder.discard(exchange, attempt)
             self._observers.emit(RetryScheduled(self._upstream, attempt.retry_reason, delay))
             await self._clock.sleep(delay)
         if last.response is None:

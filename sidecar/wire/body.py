@@ -66,10 +66,9 @@ class RequestBody:
                     self.replayable = False
                     self._chunks = []
             return
-        # No consumer yet: hold the bytes (they are also the replay copy while small enough).
+        # No consumer yet: hold every byte; whether they stay as the replay copy is decided
+        # when an attempt takes them (the route's `retain_limit` may not be known yet).
         self._chunks.append(data)
-        if self.size > self.retain_limit:
-            self.replayable = False
         if self.size > PENDING_HIGH_WATER and not self._paused:
             self._paused = True
             self._producer.pause_reading()
@@ -89,6 +88,8 @@ class RequestBody:
         chunks = self._chunks
         for piece in chunks:
             consumer.write_body(piece)
+        if self.size > self.retain_limit:
+            self.replayable = False
         if not self.replayable:
             self._chunks = []
         if self.complete:
@@ -107,12 +108,13 @@ class RequestBody:
 
     @property
     def can_replay(self) -> bool:
-        """Whether a new attempt can be sent the whole body from the start.
+        """Whether another attempt could be sent the whole body from the start.
 
         A body no attempt has taken yet is always whole (a connect failure sent nothing);
-        one that was sent is whole again only if it stayed within `retain_limit`.
+        one that was sent is whole again only if it stayed within `retain_limit`. The
+        attempt holding it must `detach()` before the next one `attach()`es.
         """
-        return self._consumer is None and (self.replayable or not self.sent)
+        return self.replayable or not self.sent
 
     def __repr__(self) -> str:
         return (
