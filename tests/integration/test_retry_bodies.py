@@ -28,9 +28,10 @@ async def test_retry_replays_a_buffered_put_body_in_full(upstream: HttpUpstream)
     body = bytes(range(256)) * 1000  # 256 KB, within buffer_limit
     upstream.fail_next(1, 503)
     async with running_sidecar(_config(upstream, "1MiB")) as sc, aiohttp.ClientSession() as session:
-        async with session.put(sc.url("svc", "/upload"), data=body) as response:
-            answer = await response.json()
-            attempts = response.headers["x-sidecar-attempts"]
+        response = await session.put(sc.url("svc", "/upload"), data=body)
+        answer = await response.json()
+        attempts = response.headers["x-sidecar-attempts"]
+        response.release()
     assert (response.status, attempts) == (200, "2")
     assert answer == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
     assert upstream.count("/upload") == 2
@@ -44,8 +45,9 @@ async def test_retry_never_resends_a_body_larger_than_buffer_limit(upstream: Htt
         running_sidecar(_config(upstream, "64KiB")) as sc,
         aiohttp.ClientSession() as session,
     ):
-        async with session.put(sc.url("svc", "/upload"), data=body) as response:
-            await response.read()
-            attempts = response.headers["x-sidecar-attempts"]
+        response = await session.put(sc.url("svc", "/upload"), data=body)
+        await response.read()
+        attempts = response.headers["x-sidecar-attempts"]
+        response.release()
     assert (response.status, attempts) == (503, "1")
     assert upstream.count("/upload") == 1

@@ -61,7 +61,9 @@ async def _get(url: str) -> tuple[int, str, str | None]:
         return response.status, await response.text(), response.headers.get("x-sidecar-error")
 
 
-async def test_tls_origination_verifies_with_ca_file(ca: trustme.CA, tls_upstream: int, tmp_path: Path) -> None:
+async def test_tls_origination_verifies_with_ca_file(
+    ca: trustme.CA, tls_upstream: int, tmp_path: Path
+) -> None:
     """A plain-HTTP request is forwarded over TLS verified against the configured CA file."""
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -104,6 +106,8 @@ async def test_tls_origination_uses_server_name_for_sni_and_verification(
 async def test_tls_missing_ca_file_fails_the_start_naming_it(tmp_path: Path) -> None:
     """A `ca_file` that cannot be read stops the start with the key and the file named."""
     missing = tmp_path / "nope.pem"
-    with pytest.raises(StartupError, match=r"upstreams\.api\.tls\.ca_file: cannot load .*nope\.pem"):
+    with pytest.raises(
+        StartupError, match=r"upstreams\.api\.tls\.ca_file: cannot load .*nope\.pem"
+    ):
         async with running_sidecar(_config(443, f"{{ca_file: {missing}}}")):
             pass

@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.config import load_config_text
 from sidecar.errors import UnknownUpstreamError
+from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.route import Route, RouteMatcher, Router, normalise_authority
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.loopguard import LoopGuard
@@ -72,16 +73,24 @@ upstreams:
 """
 
 
+async def _unused_stage(exchange: Exchange) -> None:
+    raise AssertionError("routing tests never run a pipeline")
+
+
+def no_stages(upstream: Upstream, route: Route) -> Stage:
+    """A stage builder for tests that only route."""
+    return _unused_stage
+
+
 @pytest.fixture
 def router() -> Iterator[Router]:
     """A router over the YAML above, with a stage builder that builds nothing."""
     loop = asyncio.new_event_loop()
 
-    def no_stages(upstream: Upstream, route: Route) -> object:
-        return None
-
     try:
-        yield Router(load_config_text(YAML), loop, LoopGuard(), no_stages, random.Random(0), FakeClock())  # type: ignore[arg-type]
+        yield Router(
+            load_config_text(YAML), loop, LoopGuard(), no_stages, random.Random(0), FakeClock()
+        )
     finally:
         loop.close()
 
@@ -110,7 +119,7 @@ def test_route_unknown_host_denied() -> None:
     loop = asyncio.new_event_loop()
     try:
         config = load_config_text(YAML.replace("allow", "deny"))
-        router = Router(config, loop, LoopGuard(), lambda u, r: None, random.Random(0), FakeClock())  # type: ignore[arg-type,return-value]
+        router = Router(config, loop, LoopGuard(), no_stages, random.Random(0), FakeClock())
         with pytest.raises(UnknownUpstreamError, match="nowhere"):
             router.by_authority("nowhere:80")
     finally:
