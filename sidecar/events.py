@@ -82,6 +82,30 @@ class CircuitTransitioned:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultInjected:
+    """Fault injection delayed or aborted an attempt."""
+
+    upstream: str
+    kind: str  # delay, abort
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackServed:
+    """A failed or rejected request was answered from the fallback store or the static response."""
+
+    upstream: str
+    kind: str  # cache, static
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """The fallback store was consulted after a failure: hit, miss, or bypassed (not cacheable)."""
+
+    upstream: str
+    result: str  # hit, miss, bypass
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStarted:
     """Every listener and the admin API are bound; the sidecar is ready."""
 
@@ -130,6 +154,9 @@ Event = (
     | RetryBudgetExhausted
     | RequestRejected
     | CircuitTransitioned
+    | FaultInjected
+    | FallbackServed
+    | CacheLookup
     | ServerStarted
     | ShutdownStarted
     | ListenersClosed

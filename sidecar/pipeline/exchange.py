@@ -17,6 +17,7 @@ from sidecar.wire.headers import Headers
 
 if TYPE_CHECKING:
     from sidecar.errors import ProxyError
+    from sidecar.pipeline.fallback import Fallback
     from sidecar.pipeline.route import Route
     from sidecar.upstream.group import Upstream
     from sidecar.upstream.pool import EndpointPool
@@ -53,6 +54,16 @@ class Responder(Protocol):
 
     def send_error(self, exchange: Exchange, error: ProxyError) -> None: ...
 
+    def send_fallback(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        kind: bytes,
+        age: bytes | None,
+    ) -> None: ...
+
     def abort(self) -> None: ...
 
     def finished(self, exchange: Exchange) -> None: ...
@@ -87,6 +98,7 @@ class Exchange:
         "content_length",
         "deadline",
         "error",
+        "fallback",
         "forward_headers",
         "head_only",
         "host_header",
@@ -154,6 +166,20 @@ class Exchange:
         self.tunnel_bytes_in = 0  # CONNECT: bytes the client sent into the tunnel
         self.outcome = Outcome.SUCCESS
         self.error = ""
+        self.fallback: Fallback | None = None  # set by the route's fallback stage, if any
+
+    def request_headers(self) -> list[tuple[bytes, bytes]]:
+        """The end-to-end request headers, names lower-cased (parsed on demand: rare path)."""
+        headers = []
+        for line in self.forward_headers.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers.append((name.strip().lower(), value.strip()))
+        return headers
+
+    def url(self) -> bytes:
+        """`http://authority/target`: the full URL the cache keys responses by."""
+        return b"http://" + self.authority.encode() + self.target
 
     @property
     def bytes_in(self) -> int:

@@ -10,10 +10,11 @@ returns the endpoint's in-flight slot.
 from __future__ import annotations
 
 from sidecar.clock import Clock
-from sidecar.errors import AttemptError, BodyStreamError
+from sidecar.errors import AttemptError, BodyStreamError, UpstreamTimeoutError
 from sidecar.events import AttemptFinished, Observers
 from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
 from sidecar.pipeline.exchange import Exchange, Transport, UpstreamResponse
+from sidecar.pipeline.faults import FaultDecision, FaultInjector, InjectedResponse
 from sidecar.pipeline.route import Route
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.pool import EndpointPool
@@ -58,7 +59,7 @@ class Attempt:
 class Forwarder:
     """Sends an exchange to the endpoint the balancer picks; relays or discards the answer."""
 
-    __slots__ = ("_clock", "_observers", "_route", "_transport", "_upstream")
+    __slots__ = ("_clock", "_faults", "_observers", "_route", "_transport", "_upstream")
 
     def __init__(
         self,
@@ -67,12 +68,14 @@ class Forwarder:
         transport: Transport,
         clock: Clock,
         observers: Observers,
+        faults: FaultInjector,
     ) -> None:
         self._upstream = upstream
         self._route = route
         self._transport = transport
         self._clock = clock
         self._observers = observers
+        self._faults = faults
 
     async def send(self, exchange: Exchange, avoid: EndpointPool | None = None) -> Attempt:
         """One attempt, until the response head; upstream failures come back in the result."""
@@ -83,6 +86,12 @@ class Forwarder:
         deadline = min(started + route.per_try, exchange.deadline)
         pool.inflight += 1
         try:
+            faults = self._upstream.runtime_faults or route.config.faults
+            decision = self._faults.decide(faults) if faults is not None else None
+            if decision is not None:
+                injected = await self._inject(exchange, pool, decision, started, deadline)
+                if injected is not None:
+                    return injected
             response = await self._transport.send(
                 pool, exchange, deadline, route.connect, route.idle
             )
@@ -95,10 +104,38 @@ class Forwarder:
             raise
         return Attempt(pool, response, None, self._clock.now() - started)
 
+    async def _inject(
+        self,
+        exchange: Exchange,
+        pool: EndpointPool,
+        decision: FaultDecision,
+        started: float,
+        deadline: float,
+    ) -> Attempt | None:
+        """Apply an injected delay (bounded by the attempt's deadline) and abort, if any."""
+        if decision.delay > 0:
+            remaining = deadline - self._clock.now()
+            if decision.delay >= remaining:
+                await self._clock.sleep(max(remaining, 0.0))
+                raise UpstreamTimeoutError(
+                    "no response headers before the deadline (injected delay)"
+                )
+            await self._clock.sleep(decision.delay)
+        if decision.abort_error is not None:
+            raise decision.abort_error
+        if decision.abort_status:
+            response = InjectedResponse(
+                self._upstream.name, decision.abort_status, exchange.head_only
+            )
+            return Attempt(pool, response, None, self._clock.now() - started)
+        return None
+
     async def relay(self, exchange: Exchange, attempt: Attempt) -> None:
         """Stream the attempt's answer to the client; a body that breaks off fails the attempt."""
         response = attempt.response
         assert response is not None
+        if exchange.fallback is not None:
+            response = exchange.fallback.tee(exchange, response)
         # Recorded once the body is over: a body that breaks off (idle timeout, reset)
         # makes the attempt a failure after all (SPEC §4.3). The duration is to the head.
         exchange.outcome = outcome_for_status(response.status)

@@ -10,9 +10,11 @@ retry never follows a byte sent downstream.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from sidecar.clock import Clock, wall_time
 from sidecar.config import RetryPolicy
-from sidecar.errors import CircuitOpenError
+from sidecar.errors import BodyStreamError, CircuitOpenError
 from sidecar.events import (
     CircuitTransitioned,
     Observers,
@@ -24,7 +26,7 @@ from sidecar.outcome import AttemptResult, FailureMatcher
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.forward import Attempt, Forwarder
 from sidecar.resilience.backoff import Backoff, parse_retry_after
-from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Transition
+from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Permit, Transition
 from sidecar.resilience.budget import RetryBudget
 
 # Methods the client may make retryable with an Idempotency-Key header.
@@ -89,30 +91,64 @@ class AttemptLoop:
             permit = breaker.try_acquire()
             self._emit(breaker.take_transition())
             if permit is None:
-                if last is None:
-                    self._observers.emit(RequestRejected(self._upstream, "circuit_open"))
-                raise CircuitOpenError(
-                    f"the circuit breaker of {self._upstream} is open",
-                    retry_after=breaker.retry_after(),
-                )
+                self._refuse(last)
             try:
                 attempt = await forwarder.send(exchange, last.pool if last is not None else None)
             except BaseException:
                 breaker.release(permit)  # cancelled: the call never completed
                 raise
             failed = self._breaker_failures.matches(attempt.result, attempt.status)
-            self._emit(breaker.record(permit, failed, attempt.elapsed))
+            if failed:
+                self._emit(breaker.record(permit, True, attempt.elapsed))
             last = attempt
             delay = self._retry_delay(exchange, attempt, permit.trial)
             if delay is None:
                 break
+            if not failed:
+                self._emit(breaker.record(permit, False, attempt.elapsed))
             forwarder.discard(exchange, attempt)
             self._observers.emit(RetryScheduled(self._upstream, attempt.retry_reason, delay))
             await self._clock.sleep(delay)
-        if last.response is None:
-            assert last.error is not None
-            raise last.error
-        await forwarder.relay(exchange, last)
+        await self._commit(exchange, last, None if failed else permit)
+
+    async def _commit(self, exchange: Exchange, attempt: Attempt, permit: Permit | None) -> None:
+        """Answer with the final attempt; a successful head is recorded once its body ended.
+
+        `permit` is still to be recorded (the head looked successful): a body that breaks off
+        after it makes the call a failure for the breaker too (SPEC §4.3).
+        """
+        breaker = self._breaker
+        if attempt.response is None:
+            assert attempt.error is not None
+            raise attempt.error
+        fallback = exchange.fallback
+        if fallback is not None and fallback.answers_response(exchange, attempt.status):
+            self._forwarder.discard(exchange, attempt)
+            if permit is not None:
+                self._emit(breaker.record(permit, False, attempt.elapsed))
+            return
+        try:
+            await self._forwarder.relay(exchange, attempt)
+        except BodyStreamError:
+            if permit is not None:
+                self._emit(breaker.record(permit, True, attempt.elapsed))
+            raise
+        except BaseException:
+            if permit is not None:
+                breaker.release(permit)  # the client went away: no verdict on the upstream
+            raise
+        if permit is not None:
+            self._emit(breaker.record(permit, False, attempt.elapsed))
+
+    def _refuse(self, last: Attempt | None) -> NoReturn:
+        """No permit: answer with the last failure if one is at hand, else `circuit_open`."""
+        if last is not None and last.response is None and last.error is not None:
+            raise last.error  # the breaker opened during the backoff: the retry is off
+        self._observers.emit(RequestRejected(self._upstream, "circuit_open"))
+        raise CircuitOpenError(
+            f"the circuit breaker of {self._upstream} is open",
+            retry_after=self._breaker.retry_after(),
+        )
 
     def _retry_delay(self, exchange: Exchange, attempt: Attempt, trial: bool) -> float | None:
         """Seconds to wait before the next attempt, or None when this attempt is final."""

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
 from sidecar.config import Endpoint, RouteConfig, SidecarConfig, UnknownHosts, UpstreamConfig
 from sidecar.errors import UnknownUpstreamError
+from sidecar.events import Observers
 from sidecar.pipeline.exchange import Stage
 from sidecar.resilience.breaker import CircuitBreaker
+from sidecar.resilience.budget import RetryBudget
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.loopguard import LoopGuard
 
@@ -46,6 +50,7 @@ class Route:
 
     __slots__ = (
         "breaker",
+        "budget",
         "config",
         "connect",
         "idle",
@@ -53,6 +58,7 @@ class Route:
         "matcher",
         "per_try",
         "pipeline",
+        "store",
         "total",
     )
 
@@ -67,6 +73,8 @@ class Route:
         self.config = config
         self.matcher = matcher
         self.breaker = breaker  # the route's own, or its upstream's
+        self.budget: RetryBudget | None = None  # the route's own, or its upstream's
+        self.store: FallbackStore | None = None  # the route's own, or its upstream's
         timeouts = config.timeouts
         self.connect = timeouts.connect
         self.per_try = timeouts.per_try
@@ -105,11 +113,13 @@ class Router:
         "_build_stages",
         "_by_authority",
         "_by_host",
+        "_cache_secret",
         "_clock",
         "_config",
         "_implicit",
         "_loop",
         "_loop_guard",
+        "_observers",
         "_rng",
         "upstreams",
     )
@@ -122,9 +132,13 @@ class Router:
         build_stages: StageBuilder,
         rng: random.Random,
         clock: Clock,
+        observers: Observers | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._observers = observers if observers is not None else Observers()
+        # Keys the hashes that partition cached entries by Authorization/Cookie values.
+        self._cache_secret = secrets.token_bytes(32)
         self._loop = loop
         self._loop_guard = loop_guard
         self._build_stages = build_stages
@@ -177,7 +191,15 @@ class Router:
         return [*self.upstreams.values(), *self._implicit.values()]
 
     def _compile(self, config: UpstreamConfig) -> Upstream:
-        upstream = Upstream(config, self._loop, self._loop_guard, self._rng, self._clock)
+        upstream = Upstream(
+            config,
+            self._loop,
+            self._loop_guard,
+            self._rng,
+            self._clock,
+            self._observers,
+            self._cache_secret,
+        )
         routes = []
         for index, route_config in enumerate(config.routes):
             match = route_config.match
@@ -195,9 +217,27 @@ class Router:
             routes.append(Route(label, route_config, matcher, breaker))
         default = Route(DEFAULT_ROUTE, config, None, upstream.breaker)
         for route in (*routes, default):
+            self._attach_state(upstream, route)
             route.pipeline = self._build_stages(upstream, route)
         upstream.routes = RouteTable(routes, default)
         return upstream
+
+    def _attach_state(self, upstream: Upstream, route: Route) -> None:
+        """A route shares its upstream's budget and store unless it configures its own."""
+        config = route.config
+        own = upstream.config
+        route.budget = (
+            upstream.budget
+            if config.retries.budget == own.retries.budget
+            else RetryBudget(config.retries.budget, self._clock)
+        )
+        cache = config.fallback.cache
+        if cache is None:
+            route.store = None
+        elif cache == own.fallback.cache:
+            route.store = upstream.fallback_store
+        else:
+            route.store = FallbackStore(cache, self._clock, self._cache_secret)
 
     def close(self) -> None:
         for upstream in self.all_upstreams():

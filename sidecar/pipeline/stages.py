@@ -14,6 +14,7 @@ from sidecar.events import Observers
 from sidecar.outcome import FailureMatcher
 from sidecar.pipeline.admission import Admission
 from sidecar.pipeline.exchange import Stage, Transport
+from sidecar.pipeline.fallback import Fallback
 from sidecar.pipeline.forward import Forwarder
 from sidecar.pipeline.retry import AttemptLoop
 from sidecar.pipeline.route import Route
@@ -31,19 +32,20 @@ def build_stages(
 ) -> Stage:
     """The stage chain for one route of one upstream."""
     config = route.config
+    assert route.budget is not None
     attempts = AttemptLoop(
         upstream=upstream.name,
         route=route.label,
-        forwarder=Forwarder(upstream, route, transport, clock, observers),
+        forwarder=Forwarder(upstream, route, transport, clock, observers, upstream.faults),
         breaker=route.breaker,
         breaker_failures=FailureMatcher(config.circuit_breaker.failure_on),
         policy=config.retries,
         backoff=Backoff(config.retries.backoff, rng),
-        budget=upstream.budget,
+        budget=route.budget,
         clock=clock,
         observers=observers,
     )
-    return Admission(
+    admission = Admission(
         upstream.name,
         attempts,
         upstream.gate,
@@ -51,3 +53,8 @@ def build_stages(
         upstream.rate_limit,
         observers,
     )
+    fallback = config.fallback
+    if fallback.cache is None and fallback.static is None:
+        return admission
+    serve_on = fallback.cache.serve_on if fallback.cache is not None else None
+    return Fallback(upstream.name, admission, route.store, fallback.static, serve_on, observers)

@@ -27,8 +27,8 @@ from sidecar.server.errorpage import render_error
 from sidecar.server.tunnel import Tunnel
 from sidecar.wire.body import RequestBody
 from sidecar.wire.flow import Producer
-from sidecar.wire.framing import CRLF, HTTP_DATE, LAST_CHUNK, chunk
-from sidecar.wire.headers import HOP_BY_HOP, connection_tokens
+from sidecar.wire.framing import CRLF, HTTP_DATE, LAST_CHUNK, chunk, reason
+from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens
 
 if TYPE_CHECKING:
     from sidecar.server.proxy import ListenerState, ProxyServer
@@ -445,6 +445,44 @@ class DownstreamProtocol(asyncio.Protocol):
         self._head_sent = True
         if streaming:
             await response.stream_to(self)
+
+    def send_fallback(
+        self,
+        exchange: Exchange,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        kind: bytes,
+        age: bytes | None,
+    ) -> None:
+        """A stored or static answer in place of a failure (SPEC §4.4), sent in one write."""
+        transport = self._transport
+        if transport is None:
+            return
+        exchange.status = status
+        keep_alive = exchange.client_keep_alive and not self._server.draining
+        close = not keep_alive or self._body_unread(exchange)
+        parts = [_status_line(status, reason(status))]
+        for name, value in headers:
+            if name not in HOP_BY_HOP:
+                parts.append(name + b": " + value + CRLF)
+        if age is not None:
+            parts.append(b"age: " + age + CRLF)
+        if self._server.sidecar_headers:
+            upstream = exchange.upstream.name_bytes if exchange.upstream is not None else b""
+            parts.append(b"x-sidecar-upstream: " + upstream + CRLF)
+            parts.append(b"x-sidecar-attempts: %d\r\n" % exchange.attempts)
+            parts.append(b"x-sidecar-fallback: " + kind + CRLF)
+        parts.append(b"content-length: %d\r\n" % len(body))
+        if close:
+            parts.append(b"connection: close\r\n")
+            self._close_after = True
+        parts.append(CRLF)
+        if not exchange.head_only:
+            parts.append(body)
+            exchange.bytes_out = len(body)
+        transport.write(b"".join(parts))
+        self._head_sent = True
 
     def send_error(self, exchange: Exchange, error: ProxyError) -> None:
         """A generated answer (SPEC §4.6) for an exchange whose head was not yet sent."""

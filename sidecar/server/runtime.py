@@ -89,7 +89,7 @@ class Runtime:
         def stages(upstream: Any, route: Any) -> Any:
             return build_stages(upstream, route, transport, clock, observers, rng)
 
-        router = Router(config, loop, loop_guard, stages, rng, clock)
+        router = Router(config, loop, loop_guard, stages, rng, clock, observers)
         server = ProxyServer(config, router, loop, clock, observers, loop_guard)
         self.server = server
         metrics.set_inflight_source(

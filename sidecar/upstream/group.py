@@ -13,9 +13,12 @@ import ssl
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
-from sidecar.config import Endpoint, UpstreamConfig
+from sidecar.config import Endpoint, FaultPolicy, UpstreamConfig
 from sidecar.errors import StartupError
+from sidecar.events import Observers
+from sidecar.pipeline.faults import FaultInjector
 from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.bulkhead import Bulkhead
@@ -44,6 +47,8 @@ class Upstream:
         "breaker",
         "budget",
         "config",
+        "fallback_store",
+        "faults",
         "gate",
         "inflight",
         "name",
@@ -51,6 +56,7 @@ class Upstream:
         "pools",
         "rate_limit",
         "routes",
+        "runtime_faults",
     )
 
     def __init__(
@@ -60,6 +66,8 @@ class Upstream:
         loop_guard: LoopGuard,
         rng: random.Random,
         clock: Clock,
+        observers: Observers,
+        cache_secret: bytes,
     ) -> None:
         self.name = config.name
         self.name_bytes = config.name.encode()
@@ -85,6 +93,13 @@ class Upstream:
             if config.rate_limit is not None
             else None
         )
+        cache = config.fallback.cache
+        self.fallback_store = (
+            FallbackStore(cache, clock, cache_secret) if cache is not None else None
+        )
+        self.faults = FaultInjector(config.name, rng, observers)
+        # Faults set through the admin API; they replace the configured ones while set.
+        self.runtime_faults: FaultPolicy | None = None
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
 
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:

@@ -7,6 +7,7 @@ encoding, and so it can be tested on bytes alone.
 from __future__ import annotations
 
 from email.utils import formatdate
+from http import HTTPStatus
 
 from sidecar.clock import wall_time
 
@@ -59,5 +60,12 @@ REASONS: dict[int, bytes] = {
 
 
 def reason(status: int) -> bytes:
-    """The reason phrase the sidecar writes for answers it generates."""
-    return REASONS.get(status, b"Unknown")
+    """The reason phrase the sidecar writes for answers it generates or serves from store."""
+    phrase = REASONS.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b"Unknown"
+        REASONS[status] = phrase
+    return phrase

@@ -1,0 +1,203 @@
+"""SPEC §4.4: when an upstream fails or a request is rejected, answer from the fallbacks.
+
+The outermost stage of a route. On a failure listed in `serve_on` (or a rejection by the
+breaker or the bulkhead, when listed), it serves, in order: a stored response for the same
+cache key no older than its stale limit (`x-sidecar-fallback: cache`, with `Age`), then the
+static response (`x-sidecar-fallback: static`); otherwise the failure goes on unchanged. The
+store is never consulted while the upstream answers; successful answers are copied into it
+as they stream to the client (`tee`), never delaying them.
+"""
+
+from __future__ import annotations
+
+from sidecar.cache import FallbackStore, Recorder
+from sidecar.config import FailureKind, StaticResponsePolicy
+from sidecar.errors import (
+    AttemptError,
+    BulkheadFullError,
+    CircuitOpenError,
+    ProxyError,
+    RateLimitedError,
+)
+from sidecar.events import CacheLookup, FallbackServed, Observers
+from sidecar.outcome import FailureMatcher, Outcome, classify_status
+from sidecar.pipeline.exchange import Exchange, Stage, UpstreamResponse
+from sidecar.wire.flow import BodySink, Producer
+from sidecar.wire.headers import Headers
+
+# Used when only a static response is configured: the SPEC §3.2 default `serve_on`.
+DEFAULT_SERVE_ON: tuple[FailureKind, ...] = (
+    FailureKind.CIRCUIT_OPEN,
+    FailureKind.TIMEOUT,
+    FailureKind.CONNECT_FAILURE,
+    FailureKind.RESET,
+    FailureKind.HTTP_5XX,
+    FailureKind.BULKHEAD_FULL,
+)
+_REJECTIONS: dict[type[ProxyError], FailureKind] = {
+    CircuitOpenError: FailureKind.CIRCUIT_OPEN,
+    BulkheadFullError: FailureKind.BULKHEAD_FULL,
+    RateLimitedError: FailureKind.RATE_LIMITED,
+}
+
+
+class Fallback:
+    """The fallback chain of one route: stored response, then static response."""
+
+    __slots__ = ("_failures", "_next", "_observers", "_rejections", "_static", "_upstream", "store")
+
+    def __init__(
+        self,
+        upstream: str,
+        next_stage: Stage,
+        store: FallbackStore | None,
+        static: StaticResponsePolicy | None,
+        serve_on: tuple[FailureKind | int, ...] | None,
+        observers: Observers,
+    ) -> None:
+        triggers = serve_on if serve_on is not None else DEFAULT_SERVE_ON
+        self._upstream = upstream
+        self._next = next_stage
+        self.store = store
+        self._static = static
+        self._failures = FailureMatcher(triggers)
+        self._rejections = frozenset(kind for kind in triggers if not isinstance(kind, int))
+        self._observers = observers
+
+    async def __call__(self, exchange: Exchange) -> None:
+        exchange.fallback = self
+        try:
+            await self._next(exchange)
+        except ProxyError as error:
+            if exchange.responder.head_sent or not self._triggered_by(error):
+                raise
+            if not self.serve(exchange):
+                raise
+
+    def _triggered_by(self, error: ProxyError) -> bool:
+        if isinstance(error, AttemptError):
+            return self._failures.matches(error.result)
+        kind = _REJECTIONS.get(type(error))
+        return kind is not None and kind in self._rejections
+
+    def answers_response(self, exchange: Exchange, status: int) -> bool:
+        """The last attempt got an upstream answer (e.g. 503): serve a fallback instead?"""
+        return self._failures.matches(classify_status(status), status) and self.serve(exchange)
+
+    def serve(self, exchange: Exchange) -> bool:
+        """Answer from the store, else the static response; False when neither applies."""
+        store = self.store
+        responder = exchange.responder
+        if store is not None:
+            headers = exchange.request_headers()
+            key = store.request_key(exchange.method, exchange.url(), headers)
+            cached = store.lookup(key, headers) if key is not None else None
+            result = "bypass" if key is None else ("hit" if cached is not None else "miss")
+            self._observers.emit(CacheLookup(self._upstream, result))
+            if cached is not None:
+                exchange.outcome = Outcome.FALLBACK_CACHE
+                responder.send_fallback(
+                    exchange,
+                    cached.status,
+                    cached.headers,
+                    cached.body,
+                    b"cache",
+                    cached.age_header(),
+                )
+                self._observers.emit(FallbackServed(self._upstream, "cache"))
+                return True
+        static = self._static
+        if static is not None:
+            exchange.outcome = Outcome.FALLBACK_STATIC
+            headers = [(name.encode(), value.encode()) for name, value in static.headers.items()]
+            responder.send_fallback(
+                exchange, static.status, headers, static.load_body(), b"static", None
+            )
+            self._observers.emit(FallbackServed(self._upstream, "static"))
+            return True
+        return False
+
+    def tee(self, exchange: Exchange, response: UpstreamResponse) -> UpstreamResponse:
+        """Copy a storable answer into the store while it streams to the client."""
+        store = self.store
+        if store is None:
+            return response
+        headers = exchange.request_headers()
+        key = store.request_key(exchange.method, exchange.url(), headers)
+        if key is None:
+            return response
+        recorder = store.begin(
+            key, headers, response.status, response.headers, response.content_length
+        )
+        if recorder is None:
+            return response
+        return TeeResponse(response, recorder)
+
+    def __repr__(self) -> str:
+        return f"Fallback(upstream={self._upstream!r}, store={self.store!r}, static={self._static is not None})"
+
+
+class TeeResponse:
+    """An `UpstreamResponse` whose body is also recorded; stored only if it completes."""
+
+    __slots__ = ("_inner", "_recorder", "content_length", "has_body", "headers", "reason", "status")
+
+    def __init__(self, inner: UpstreamResponse, recorder: Recorder) -> None:
+        self._inner = inner
+        self._recorder = recorder
+        self.status = inner.status
+        self.reason = inner.reason
+        self.headers: Headers = inner.headers
+        self.content_length = inner.content_length
+        self.has_body = inner.has_body
+
+    @property
+    def body_complete(self) -> bool:
+        return self._inner.body_complete
+
+    def take_buffered_body(self) -> list[bytes]:
+        chunks = self._inner.take_buffered_body()
+        for piece in chunks:
+            self._recorder.add(piece)
+        if self._inner.body_complete:
+            self._recorder.finish()
+        return chunks
+
+    async def stream_to(self, sink: BodySink) -> None:
+        tee = _TeeSink(sink, self._recorder)
+        try:
+            await self._inner.stream_to(tee)
+        except BaseException:
+            self._recorder.abandon()
+            raise
+        self._recorder.finish()
+
+    def discard(self) -> None:
+        self._recorder.abandon()
+        self._inner.discard()
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def __repr__(self) -> str:
+        return f"TeeResponse({self._inner!r})"
+
+
+class _TeeSink:
+    """Passes body bytes on to the client and hands a reference to the recorder (no copy)."""
+
+    __slots__ = ("_recorder", "_sink")
+
+    def __init__(self, sink: BodySink, recorder: Recorder) -> None:
+        self._sink = sink
+        self._recorder = recorder
+
+    def write_body(self, data: bytes) -> None:
+        self._sink.write_body(data)
+        self._recorder.add(data)
+
+    def end_body(self) -> None:
+        self._sink.end_body()
+
+    def set_producer(self, producer: Producer | None) -> None:
+        self._sink.set_producer(producer)
