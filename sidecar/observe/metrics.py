@@ -21,8 +21,11 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sidecar.events import (
     AttemptFinished,
+    CacheLookup,
     CircuitTransitioned,
     Event,
+    FallbackServed,
+    FaultInjected,
     RequestFinished,
     RequestRejected,
     RetryBudgetExhausted,
@@ -108,6 +111,52 @@ def _no_breakers() -> Iterable[tuple[str, str, str]]:
     return ()
 
 
+# upstream → (entries, bytes) summed over its fallback stores (its own and its routes').
+CacheSource = Callable[[], Mapping[str, tuple[int, int]]]
+
+
+def _no_caches() -> Mapping[str, tuple[int, int]]:
+    return {}
+
+
+class CacheCollector:
+    """`sidecar_cache_entries{upstream}` and `sidecar_cache_bytes{upstream}`, read at scrape time."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self) -> None:
+        self._source: CacheSource = _no_caches
+
+    def set_source(self, source: CacheSource) -> None:
+        self._source = source
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "sidecar_cache_entries",
+                "Responses held in the fallback store.",
+                labels=("upstream",),
+            ),
+            GaugeMetricFamily(
+                "sidecar_cache_bytes", "Bytes held in the fallback store.", labels=("upstream",)
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        entries, size = self._families()
+        for upstream, (count, held) in self._source().items():
+            entries.add_metric((upstream,), count)
+            size.add_metric((upstream,), held)
+        yield entries
+        yield size
+
+    def __repr__(self) -> str:
+        return f"CacheCollector(source={self._source!r})"
+
+
 class CircuitStateCollector:
     """`sidecar_circuit_state{upstream, state}`: 1 on each breaker's current state, else 0.
 
@@ -162,8 +211,12 @@ class SidecarMetrics:
         "_attempts",
         "_budget_exhausted",
         "_build_info",
+        "_cache",
+        "_cache_lookups",
         "_circuit_state",
         "_duration",
+        "_fallbacks",
+        "_faults",
         "_inflight",
         "_rejected",
         "_request_children",
@@ -234,6 +287,26 @@ class SidecarMetrics:
         )
         self._circuit_state = CircuitStateCollector()
         registry.register(self._circuit_state)
+        self._fallbacks = Counter(
+            "sidecar_fallbacks_total",
+            "Failed or rejected requests answered by a fallback, by kind (cache, static).",
+            ("upstream", "kind"),
+            registry=registry,
+        )
+        self._cache_lookups = Counter(
+            "sidecar_cache_lookups_total",
+            "Fallback store lookups after a failure, by result (hit, miss, bypass).",
+            ("upstream", "result"),
+            registry=registry,
+        )
+        self._faults = Counter(
+            "sidecar_faults_injected_total",
+            "Faults injected into attempts, by kind (delay, abort).",
+            ("upstream", "kind"),
+            registry=registry,
+        )
+        self._cache = CacheCollector()
+        registry.register(self._cache)
         self._request_children: dict[_RequestKey, _RequestChildren] = {}
         self._attempt_children: dict[_AttemptKey, Counter] = {}
 
@@ -244,6 +317,10 @@ class SidecarMetrics:
     def set_breaker_source(self, source: BreakerSource) -> None:
         """Where `sidecar_circuit_state` reads (upstream, route, state) at scrape time."""
         self._circuit_state.set_source(source)
+
+    def set_cache_source(self, source: CacheSource) -> None:
+        """Where `sidecar_cache_entries`/`sidecar_cache_bytes` read their values at scrape time."""
+        self._cache.set_source(source)
 
     def notify(self, event: Event) -> None:
         match event:
@@ -264,6 +341,12 @@ class SidecarMetrics:
                     self._route_transitions.labels(
                         event.upstream, event.route, event.from_state, event.to_state
                     ).inc()
+            case FallbackServed():
+                self._fallbacks.labels(event.upstream, event.kind).inc()
+            case CacheLookup():
+                self._cache_lookups.labels(event.upstream, event.result).inc()
+            case FaultInjected():
+                self._faults.labels(event.upstream, event.kind).inc()
             case _:
                 pass  # lifecycle events carry no metric
 

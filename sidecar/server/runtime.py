@@ -98,6 +98,13 @@ class Runtime:
         metrics.set_breaker_source(
             lambda: [state for u in server.router.all_upstreams() for state in u.breakers()]
         )
+        metrics.set_cache_source(
+            lambda: {
+                u.name: usage
+                for u in server.router.all_upstreams()
+                if (usage := u.cache_usage()) is not None
+            }
+        )
         limiter = ConnectionLimiter(config.limits.max_connections)
         server.limiter = limiter
 

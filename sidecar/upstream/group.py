@@ -29,7 +29,7 @@ from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.pool import EndpointPool
 
 if TYPE_CHECKING:
-    from sidecar.pipeline.route import RouteTable
+    from sidecar.pipeline.route import Route, RouteTable
 
 # Pools the overflow upstream keeps for distinct authorities before closing the oldest.
 MAX_DYNAMIC_POOLS = 256
@@ -131,6 +131,19 @@ class Upstream:
                 if route.breaker is not self.breaker
             )
         return states
+
+    def cache_usage(self) -> tuple[int, int] | None:
+        """(entries, bytes) over this upstream's fallback stores (routes' included), if any."""
+        candidates = (self.fallback_store, *(route.store for route in self._route_list()))
+        stores = {id(store): store for store in candidates if store is not None}
+        if not stores:
+            return None
+        return sum(s.entries for s in stores.values()), sum(s.bytes for s in stores.values())
+
+    def _route_list(self) -> list[Route]:
+        if self.routes is None:
+            return []
+        return [*self.routes.routes, self.routes.default]
 
     def close(self) -> None:
         for pool in self.pools:
