@@ -21,14 +21,13 @@ from sidecar.errors import (
     LoopDetectedError,
     ProxyError,
     UnknownUpstreamError,
-    UpstreamConnectError,
 )
 from sidecar.events import Observers, ProxyFault, RequestFinished, RequestRejected
 from sidecar.outcome import AttemptResult, Outcome
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.route import Router
 from sidecar.server.requestid import RequestIds
-from sidecar.server.tunnel import ESTABLISHED, TunnelUpstream
+from sidecar.server.tunnel import run_tunnel
 from sidecar.upstream.loopguard import LoopGuard
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ class ProxyServer:
         upstream = None
         try:
             if exchange.method == b"CONNECT":
-                await self._tunnel(exchange, listener)
+                await run_tunnel(self, exchange, listener)
                 return
             if listener.upstream is not None:
                 upstream = self.router.dedicated(listener.upstream)
@@ -234,53 +233,6 @@ class ProxyServer:
                 error=error.code.value,
             )
         )
-
-    async def _tunnel(self, exchange: Exchange, listener: ListenerState) -> None:
-        """CONNECT: connect within the upstream's `connect` timeout, then splice until closed."""
-        from sidecar.server.downstream import DownstreamProtocol
-
-        downstream = exchange.responder
-        assert isinstance(downstream, DownstreamProtocol), (
-            "CONNECT arrives on a downstream connection"
-        )
-        tunnel = downstream.tunnel
-        if listener.upstream is not None:
-            raise BadRequestError("CONNECT is only accepted on forward-proxy listeners")
-        if self.loop_guard.is_own_authority(exchange.authority):
-            raise LoopDetectedError("the tunnel would connect to the sidecar itself")
-        upstream = self.router.by_authority(exchange.authority)
-        exchange.upstream = upstream
-        route = upstream.routes.default
-        exchange.route = route
-        host, _, port = exchange.authority.rpartition(":")
-        exchange.attempts = 1
-        try:
-            async with asyncio.timeout(route.connect):
-                transport, _ = await self.loop.create_connection(
-                    lambda: TunnelUpstream(tunnel, downstream.transport),
-                    host.strip("[]"),
-                    int(port),
-                )
-        except TimeoutError:
-            raise UpstreamConnectError(
-                f"no connection to {exchange.authority} within {route.connect:g}s"
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectError(
-                f"cannot connect to {exchange.authority}: {exc.strerror or exc}"
-            ) from None
-        if self.loop_guard.is_own_address(transport.get_extra_info("peername")):
-            transport.abort()
-            raise LoopDetectedError("the tunnel would connect to the sidecar itself")
-        done: asyncio.Future[None] = self.loop.create_future()
-        downstream.write_raw(ESTABLISHED)
-        exchange.status = 200
-        tunnel.connected(transport, done)
-        try:
-            await done
-        finally:  # also when the client's disconnect cancels this task: the counts are logged
-            exchange.bytes_out = tunnel.bytes_out
-            exchange.tunnel_bytes_in = tunnel.bytes_in
 
     def __repr__(self) -> str:
         return f"ProxyServer(connections={len(self._connections)}, draining={self.draining})"

@@ -10,8 +10,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from sidecar.errors import (
+    BadRequestError,
+    CircuitOpenError,
+    LoopDetectedError,
+    UpstreamConnectError,
+)
+from sidecar.events import CircuitTransitioned, RequestRejected
+from sidecar.pipeline.exchange import Exchange
+from sidecar.resilience.breaker import CircuitBreaker, Permit, Transition
+
 if TYPE_CHECKING:
     from sidecar.server.downstream import DownstreamProtocol
+    from sidecar.server.proxy import ListenerState, ProxyServer
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
@@ -136,3 +147,90 @@ class TunnelUpstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._downstream_transport is not None:
             self._downstream_transport.resume_reading()
+
+
+async def run_tunnel(server: ProxyServer, exchange: Exchange, listener: ListenerState) -> None:
+    """CONNECT: admitted by the upstream's breaker, connected within `connect`, then spliced.
+
+    The connect is the tunnel's one call for the breaker (a failure to connect counts, what
+    flows later does not); nothing is retried once the tunnel is up.
+    """
+    from sidecar.server.downstream import DownstreamProtocol
+
+    downstream = exchange.responder
+    assert isinstance(downstream, DownstreamProtocol), "CONNECT arrives on a downstream connection"
+    tunnel = downstream.tunnel
+    if listener.upstream is not None:
+        raise BadRequestError("CONNECT is only accepted on forward-proxy listeners")
+    if server.loop_guard.is_own_authority(exchange.authority):
+        raise LoopDetectedError("the tunnel would connect to the sidecar itself")
+    upstream = server.router.by_authority(exchange.authority)
+    exchange.upstream = upstream
+    route = upstream.routes.default
+    exchange.route = route
+    breaker = upstream.breaker
+    permit = breaker.try_acquire()
+    _emit(server, upstream.name, breaker.take_transition())
+    if permit is None:
+        server.observers.emit(RequestRejected(upstream.name, "circuit_open"))
+        raise CircuitOpenError(
+            f"the circuit breaker of {upstream.name} is open", retry_after=breaker.retry_after()
+        )
+    host, _, port = exchange.authority.rpartition(":")
+    exchange.attempts = 1
+    started = server.clock.now()
+    try:
+        async with asyncio.timeout(route.connect):
+            transport, _ = await server.loop.create_connection(
+                lambda: TunnelUpstream(tunnel, downstream.transport), host.strip("[]"), int(port)
+            )
+    except TimeoutError:
+        _record(server, upstream.name, breaker, permit, True, started)
+        raise UpstreamConnectError(
+            f"no connection to {exchange.authority} within {route.connect:g}s"
+        ) from None
+    except OSError as exc:
+        _record(server, upstream.name, breaker, permit, True, started)
+        raise UpstreamConnectError(
+            f"cannot connect to {exchange.authority}: {exc.strerror or exc}"
+        ) from None
+    except BaseException:
+        breaker.release(permit)
+        raise
+    _record(server, upstream.name, breaker, permit, False, started)
+    if server.loop_guard.is_own_address(transport.get_extra_info("peername")):
+        transport.abort()
+        raise LoopDetectedError("the tunnel would connect to the sidecar itself")
+    done: asyncio.Future[None] = server.loop.create_future()
+    downstream.write_raw(ESTABLISHED)
+    exchange.status = 200
+    tunnel.connected(transport, done)
+    try:
+        await done
+    finally:  # also when the client's disconnect cancels this task: the counts are logged
+        exchange.bytes_out = tunnel.bytes_out
+        exchange.tunnel_bytes_in = tunnel.bytes_in
+
+
+def _record(
+    server: ProxyServer,
+    upstream: str,
+    breaker: CircuitBreaker,
+    permit: Permit,
+    failed: bool,
+    started: float,
+) -> None:
+    _emit(server, upstream, breaker.record(permit, failed, server.clock.now() - started))
+
+
+def _emit(server: ProxyServer, upstream: str, transition: Transition | None) -> None:
+    if transition is not None:
+        server.observers.emit(
+            CircuitTransitioned(
+                upstream,
+                "default",
+                transition.from_state.value,
+                transition.to_state.value,
+                transition.reason,
+            )
+        )

@@ -173,3 +173,26 @@ async def test_connect_to_unknown_host_is_denied_with_403() -> None:
         assert echo.connections == 0
     assert response.status == 403
     assert response.json()["error"] == "unknown_upstream"
+
+
+async def test_connect_failures_open_the_breaker_and_then_tunnels_are_refused() -> None:
+    """Failed tunnel connects count for the host's breaker; once open, CONNECT gets 503 at once."""
+    authority = f"127.0.0.1:{closed_port()}"
+    config = forward(
+        defaults={"circuit_breaker": {"consecutive_failures": 2, "open_duration": "10s"}}
+    )
+    statuses = []
+    async with running_sidecar(config) as sc:
+        for _ in range(3):
+            async with RawClient(sc.port(FORWARD)) as client:
+                await client.send(connect_request(authority))
+                response = await client.read_response()
+                statuses.append((response.status, response.json()["error"]))
+        lines = sc.log_lines()
+    assert statuses == [
+        (502, "upstream_unreachable"),
+        (502, "upstream_unreachable"),
+        (503, "circuit_open"),
+    ]
+    opened = [line for line in lines if line.get("msg") == "circuit opened"]
+    assert [line["upstream"] for line in opened] == [authority]
