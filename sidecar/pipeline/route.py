@@ -201,14 +201,14 @@ class Router:
             self._cache_secret,
         )
         routes = []
-        for index, route_config in enumerate(config.routes):
+        for route_config in config.routes:
             match = route_config.match
             matcher = RouteMatcher(
                 path=match.path.encode() if match.path is not None else None,
                 path_prefix=match.path_prefix.encode() if match.path_prefix is not None else None,
                 methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
             )
-            label = route_config.name or match.path or match.path_prefix or f"route-{index}"
+            label = route_config.label
             breaker = (
                 CircuitBreaker(route_config.circuit_breaker, self._clock)
                 if route_config.own_breaker
