@@ -82,6 +82,16 @@ class CircuitTransitioned:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointEjected:
+    """Outlier detection took an endpoint out of rotation for `duration` seconds."""
+
+    upstream: str
+    endpoint: str
+    duration: float
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
 class FaultInjected:
     """Fault injection delayed or aborted an attempt."""
 
@@ -154,6 +164,7 @@ Event = (
     | RetryBudgetExhausted
     | RequestRejected
     | CircuitTransitioned
+    | EndpointEjected
     | FaultInjected
     | FallbackServed
     | CacheLookup

@@ -23,6 +23,7 @@ from sidecar.clock import wall_time
 from sidecar.events import (
     AttemptFinished,
     CircuitTransitioned,
+    EndpointEjected,
     Event,
     ListenersClosed,
     ProxyFault,
@@ -241,6 +242,15 @@ class EventLog:
                     from_state=event.from_state,
                     to_state=event.to_state,
                     reason=event.reason,
+                )
+            case EndpointEjected():
+                self.log_event(
+                    "warning",
+                    "endpoint ejected",
+                    upstream=event.upstream,
+                    endpoint=event.endpoint,
+                    duration_s=event.duration,
+                    consecutive_failures=event.failures,
                 )
             case RetryBudgetExhausted():
                 self.log_event("debug", "retry budget exhausted", upstream=event.upstream)

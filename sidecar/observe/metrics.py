@@ -119,6 +119,41 @@ def _no_caches() -> Mapping[str, tuple[int, int]]:
     return {}
 
 
+# (upstream, endpoint, ejected) for every configured endpoint.
+EjectionSource = Callable[[], Iterable[tuple[str, str, bool]]]
+
+
+def _no_endpoints() -> Iterable[tuple[str, str, bool]]:
+    return ()
+
+
+class EjectionCollector:
+    """`sidecar_endpoint_ejected{upstream, endpoint}`: 1 while outlier detection ejects it."""
+
+    __slots__ = ("_source",)
+
+    NAME = "sidecar_endpoint_ejected"
+    HELP = "1 while outlier detection keeps the endpoint out of rotation, else 0."
+
+    def __init__(self) -> None:
+        self._source: EjectionSource = _no_endpoints
+
+    def set_source(self, source: EjectionSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "endpoint"))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "endpoint"))
+        for upstream, endpoint, ejected in self._source():
+            family.add_metric((upstream, endpoint), 1.0 if ejected else 0.0)
+        yield family
+
+    def __repr__(self) -> str:
+        return f"EjectionCollector(source={self._source!r})"
+
+
 class CacheCollector:
     """`sidecar_cache_entries{upstream}` and `sidecar_cache_bytes{upstream}`, read at scrape time."""
 
@@ -215,6 +250,7 @@ class SidecarMetrics:
         "_cache_lookups",
         "_circuit_state",
         "_duration",
+        "_ejections",
         "_fallbacks",
         "_faults",
         "_inflight",
@@ -307,6 +343,8 @@ class SidecarMetrics:
         )
         self._cache = CacheCollector()
         registry.register(self._cache)
+        self._ejections = EjectionCollector()
+        registry.register(self._ejections)
         self._request_children: dict[_RequestKey, _RequestChildren] = {}
         self._attempt_children: dict[_AttemptKey, Counter] = {}
 
@@ -317,6 +355,10 @@ class SidecarMetrics:
     def set_breaker_source(self, source: BreakerSource) -> None:
         """Where `sidecar_circuit_state` reads (upstream, route, state) at scrape time."""
         self._circuit_state.set_source(source)
+
+    def set_ejection_source(self, source: EjectionSource) -> None:
+        """Where `sidecar_endpoint_ejected` reads each endpoint's state at scrape time."""
+        self._ejections.set_source(source)
 
     def set_cache_source(self, source: CacheSource) -> None:
         """Where `sidecar_cache_entries`/`sidecar_cache_bytes` read their values at scrape time."""

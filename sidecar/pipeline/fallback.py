@@ -131,6 +131,11 @@ class Fallback:
         )
         if recorder is None:
             return response
+        if not response.has_body:
+            # A HEAD (or 204) answer is complete with its head: nothing will stream through
+            # a tee to finish the recording, so store it now.
+            recorder.finish()
+            return response
         return TeeResponse(response, recorder)
 
     def __repr__(self) -> str:

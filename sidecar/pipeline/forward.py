@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sidecar.clock import Clock
 from sidecar.errors import AttemptError, BodyStreamError, UpstreamTimeoutError
-from sidecar.events import AttemptFinished, Observers
+from sidecar.events import AttemptFinished, EndpointEjected, Observers
 from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
 from sidecar.pipeline.exchange import Exchange, Transport, UpstreamResponse
 from sidecar.pipeline.faults import FaultDecision, FaultInjector, InjectedResponse
@@ -165,7 +165,16 @@ class Forwarder:
         if attempt.finished:
             return
         attempt.finished = True
-        attempt.pool.inflight -= 1
+        pool = attempt.pool
+        pool.inflight -= 1
+        upstream = self._upstream
+        ejection = upstream.outliers.record(pool.label, attempt.result is not AttemptResult.SUCCESS)
+        if ejection is not None:
+            self._observers.emit(
+                EndpointEjected(
+                    upstream.name, ejection.endpoint, ejection.duration, ejection.failures
+                )
+            )
         self._observers.emit(
             AttemptFinished(
                 self._upstream.name, attempt.pool.label, attempt.result, attempt.elapsed

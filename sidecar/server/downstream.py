@@ -473,7 +473,10 @@ class DownstreamProtocol(asyncio.Protocol):
             parts.append(b"x-sidecar-upstream: " + upstream + CRLF)
             parts.append(b"x-sidecar-attempts: %d\r\n" % exchange.attempts)
             parts.append(b"x-sidecar-fallback: " + kind + CRLF)
-        parts.append(b"content-length: %d\r\n" % len(body))
+        if body or not exchange.head_only:
+            # A stored HEAD answer has no body to count, and RFC 9110 §8.6 forbids a HEAD
+            # Content-Length other than the GET's: announce none rather than a false 0.
+            parts.append(b"content-length: %d\r\n" % len(body))
         if close:
             parts.append(b"connection: close\r\n")
             self._close_after = True

@@ -105,6 +105,13 @@ class Runtime:
                 if (usage := u.cache_usage()) is not None
             }
         )
+        metrics.set_ejection_source(
+            lambda: [
+                (u.name, pool.label, u.outliers.is_ejected(pool.label))
+                for u in server.router.all_upstreams()
+                for pool in u.pools
+            ]
+        )
         limiter = ConnectionLimiter(config.limits.max_connections)
         server.limiter = limiter
 

@@ -26,6 +26,7 @@ from sidecar.resilience.gate import BulkheadGate
 from sidecar.resilience.ratelimit import TokenBucket
 from sidecar.upstream.balancing import Balancer, make_balancer
 from sidecar.upstream.loopguard import LoopGuard
+from sidecar.upstream.outlier import OutlierDetector
 from sidecar.upstream.pool import EndpointPool
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Upstream:
         "inflight",
         "name",
         "name_bytes",
+        "outliers",
         "pools",
         "rate_limit",
         "routes",
@@ -84,6 +86,9 @@ class Upstream:
         )
         self._dynamic: OrderedDict[str, EndpointPool] = OrderedDict()
         self.inflight = 0
+        self.outliers = OutlierDetector(
+            config.outlier_detection, clock, [p.label for p in self.pools]
+        )
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
         self.breaker = CircuitBreaker(config.circuit_breaker, clock)
         self.budget = RetryBudget(config.retries.budget, clock)
@@ -105,9 +110,17 @@ class Upstream:
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
         """The pool for the next attempt; the overflow upstream uses the request's authority."""
         balancer = self._balancer
-        if balancer is not None:
-            return balancer.pick(avoid)
-        return self._dynamic_pool(authority)
+        if balancer is None:
+            return self._dynamic_pool(authority)
+        pool = balancer.pick(avoid)
+        outliers = self.outliers
+        # Skip ejected endpoints; if every candidate is ejected, use the balancer's choice
+        # (ejection is bounded by max_ejected, so this only happens in a race with time).
+        for _ in range(len(self.pools)):
+            if not outliers.is_ejected(pool.label):
+                return pool
+            pool = balancer.pick(avoid)
+        return pool
 
     def _dynamic_pool(self, authority: str) -> EndpointPool:
         pool = self._dynamic.get(authority)
