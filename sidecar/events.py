@@ -116,6 +116,24 @@ class CacheLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    """A new config took effect; `upstreams_kept` kept their breaker, store, health and pools."""
+
+    generation: int
+    source: str
+    upstreams_kept: tuple[str, ...]
+    upstreams_rebuilt: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReloadFailed:
+    """A reload was refused (invalid file, unbindable listener); the running config is unchanged."""
+
+    source: str
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStarted:
     """Every listener and the admin API are bound; the sidecar is ready."""
 
@@ -150,6 +168,24 @@ class ShutdownFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    """A reloaded config took effect for new requests; in-flight ones finish under the old one."""
+
+    generation: int  # the new config's generation (the config loaded at start is 1)
+    source: str  # the file it was read from
+    upstreams_kept: tuple[str, ...]  # endpoints unchanged: breaker, cache and health kept
+    upstreams_rebuilt: tuple[str, ...]  # new, or endpoints changed: state starts fresh
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReloadFailed:
+    """A reload was refused because the file is invalid; the running config is unchanged."""
+
+    source: str
+    errors: tuple[str, ...]  # one line per problem, as `sidecar check` prints them
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyFault:
     """An unexpected exception in the request path (a bug); the client got a 500."""
 
@@ -165,6 +201,8 @@ Event = (
     | RequestRejected
     | CircuitTransitioned
     | EndpointEjected
+    | ConfigReloaded
+    | ConfigReloadFailed
     | FaultInjected
     | FallbackServed
     | CacheLookup
@@ -172,6 +210,8 @@ Event = (
     | ShutdownStarted
     | ListenersClosed
     | ShutdownFinished
+    | ConfigReloaded
+    | ConfigReloadFailed
     | ProxyFault
 )
 
@@ -192,6 +232,9 @@ class Observers:
 
     def add(self, observer: Observer) -> None:
         self._observers = (*self._observers, observer)
+
+    def remove(self, observer: Observer) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     def emit(self, event: Event) -> None:
         for observer in self._observers:

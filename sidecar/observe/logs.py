@@ -23,6 +23,8 @@ from sidecar.clock import wall_time
 from sidecar.events import (
     AttemptFinished,
     CircuitTransitioned,
+    ConfigReloaded,
+    ConfigReloadFailed,
     EndpointEjected,
     Event,
     ListenersClosed,
@@ -120,11 +122,11 @@ def encode_line(entry: Mapping[str, object], fmt: LogFormat, keys: tuple[str, ..
 class AccessLog:
     """One line per `RequestFinished` (SPEC §8); independent of `--log-level`."""
 
-    __slots__ = ("_format", "_include_query", "_time", "_writer")
+    __slots__ = ("_format", "_time", "_writer", "include_query")
 
     def __init__(self, writer: LineWriter, include_query: bool, fmt: str) -> None:
         self._writer = writer
-        self._include_query = include_query
+        self.include_query = include_query
         self._format = LogFormat(fmt)
         self._time = TimeFormatter()
 
@@ -132,7 +134,7 @@ class AccessLog:
         if not isinstance(event, RequestFinished):
             return
         path = event.path
-        if not self._include_query and "?" in path:
+        if not self.include_query and "?" in path:
             path = path.partition("?")[0]  # the producer strips it; this keeps the promise anyway
         entry: dict[str, object] = {
             "time": self._time.format(event.wall_time),
@@ -157,7 +159,7 @@ class AccessLog:
         self._writer.write_line(encode_line(entry, self._format, _TEXT_ACCESS_KEYS))
 
     def __repr__(self) -> str:
-        return f"AccessLog(format={self._format}, include_query={self._include_query})"
+        return f"AccessLog(format={self._format}, include_query={self.include_query})"
 
 
 class EventLog:
@@ -254,6 +256,22 @@ class EventLog:
                 )
             case RetryBudgetExhausted():
                 self.log_event("debug", "retry budget exhausted", upstream=event.upstream)
+            case ConfigReloaded():
+                self.log_event(
+                    "info",
+                    "config reloaded",
+                    generation=event.generation,
+                    config_source=event.source,
+                    upstreams_kept=list(event.upstreams_kept),
+                    upstreams_rebuilt=list(event.upstreams_rebuilt),
+                )
+            case ConfigReloadFailed():
+                self.log_event(
+                    "error",
+                    "config reload failed; the running config is unchanged",
+                    config_source=event.source,
+                    errors=list(event.errors),
+                )
             case ProxyFault():
                 self.log_event(
                     "error", "proxy fault", request_id=event.request_id, detail=event.detail

@@ -109,6 +109,8 @@ StageBuilder = Callable[[Upstream, Route], Stage]
 class Router:
     """Finds the upstream and route for a request; creates implicit upstreams on demand."""
 
+    _cache_secret: bytes
+
     __slots__ = (
         "_build_stages",
         "_by_authority",
@@ -133,12 +135,16 @@ class Router:
         rng: random.Random,
         clock: Clock,
         observers: Observers | None = None,
+        previous: Router | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
         self._observers = observers if observers is not None else Observers()
-        # Keys the hashes that partition cached entries by Authorization/Cookie values.
-        self._cache_secret = secrets.token_bytes(32)
+        # Keys the hashes that partition cached entries by Authorization/Cookie values; kept
+        # across reloads so that kept stores keep finding their entries.
+        self._cache_secret = (
+            previous._cache_secret if previous is not None else secrets.token_bytes(32)
+        )
         self._loop = loop
         self._loop_guard = loop_guard
         self._build_stages = build_stages
@@ -148,13 +154,30 @@ class Router:
         self._by_host: dict[str, Upstream] = {}
         self._implicit: dict[str, Upstream] = {}
         for name, upstream_config in config.upstreams.items():
-            upstream = self._compile(upstream_config)
+            upstream = self._compile(
+                upstream_config, previous.upstreams.get(name) if previous else None
+            )
             self.upstreams[name] = upstream
             for host in upstream_config.hosts:
                 if _has_port(host):
                     self._by_authority[host] = upstream
                 else:
                     self._by_host[host] = upstream
+        if previous is not None:
+            self._carry_implicit(previous)
+
+    def _carry_implicit(self, previous: Router) -> None:
+        """Implicit upstreams of the previous config that are still implicit keep their state."""
+        if self._config.forward.unknown_hosts == UnknownHosts.DENY:
+            return
+        for name, old in previous._implicit.items():
+            if name == OVERFLOW_UPSTREAM:
+                config = self._config.implicit_upstream(OVERFLOW_UPSTREAM, None)
+            else:
+                if name in self._by_authority or name.rpartition(":")[0] in self._by_host:
+                    continue  # now claimed by a configured upstream
+                config = self._config.implicit_upstream(name, Endpoint.parse(f"http://{name}"))
+            self._implicit[name] = self._compile(config, old)
 
     def dedicated(self, name: str) -> Upstream:
         return self.upstreams[name]
@@ -179,18 +202,20 @@ class Router:
         if len(self._implicit) >= self._config.forward.max_implicit_upstreams:
             upstream = self._implicit.get(OVERFLOW_UPSTREAM)
             if upstream is None:
-                upstream = self._compile(self._config.implicit_upstream(OVERFLOW_UPSTREAM, None))
+                config = self._config.implicit_upstream(OVERFLOW_UPSTREAM, None)
+                upstream = self._compile(config)
                 self._implicit[OVERFLOW_UPSTREAM] = upstream
             return upstream
         endpoint = Endpoint.parse(f"http://{authority}")
-        upstream = self._compile(self._config.implicit_upstream(authority, endpoint))
+        config = self._config.implicit_upstream(authority, endpoint)
+        upstream = self._compile(config)
         self._implicit[authority] = upstream
         return upstream
 
     def all_upstreams(self) -> list[Upstream]:
         return [*self.upstreams.values(), *self._implicit.values()]
 
-    def _compile(self, config: UpstreamConfig) -> Upstream:
+    def _compile(self, config: UpstreamConfig, previous: Upstream | None = None) -> Upstream:
         upstream = Upstream(
             config,
             self._loop,
@@ -199,7 +224,10 @@ class Router:
             self._clock,
             self._observers,
             self._cache_secret,
+            previous,
         )
+        kept = previous is not None and upstream.pools is previous.pools
+        old_routes = {r.label: r for r in previous.routes.routes} if kept and previous else {}
         routes = []
         for route_config in config.routes:
             match = route_config.match
@@ -209,35 +237,56 @@ class Router:
                 methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
             )
             label = route_config.label
-            breaker = (
-                CircuitBreaker(route_config.circuit_breaker, self._clock)
-                if route_config.own_breaker
-                else upstream.breaker
-            )
+            old = old_routes.get(label)
+            if not route_config.own_breaker:
+                breaker = upstream.breaker
+            elif (
+                old is not None
+                and old.breaker is not old_upstream_breaker(previous)
+                and (old.config.circuit_breaker == route_config.circuit_breaker)
+            ):
+                breaker = old.breaker  # a route's own breaker survives the reload too
+            else:
+                breaker = CircuitBreaker(route_config.circuit_breaker, self._clock)
             routes.append(Route(label, route_config, matcher, breaker))
         default = Route(DEFAULT_ROUTE, config, None, upstream.breaker)
         for route in (*routes, default):
-            self._attach_state(upstream, route)
+            self._attach_state(upstream, route, old_routes.get(route.label))
             route.pipeline = self._build_stages(upstream, route)
         upstream.routes = RouteTable(routes, default)
         return upstream
 
-    def _attach_state(self, upstream: Upstream, route: Route) -> None:
-        """A route shares its upstream's budget and store unless it configures its own."""
+    def _attach_state(self, upstream: Upstream, route: Route, old: Route | None) -> None:
+        """A route shares its upstream's budget and store unless it configures its own (kept
+        from the previous config when the route's label and policy are unchanged)."""
         config = route.config
         own = upstream.config
-        route.budget = (
-            upstream.budget
-            if config.retries.budget == own.retries.budget
-            else RetryBudget(config.retries.budget, self._clock)
-        )
+        if config.retries.budget == own.retries.budget:
+            route.budget = upstream.budget
+        elif (
+            old is not None
+            and old.budget is not None
+            and old.config.retries.budget == config.retries.budget
+        ):
+            route.budget = old.budget
+        else:
+            route.budget = RetryBudget(config.retries.budget, self._clock)
         cache = config.fallback.cache
         if cache is None:
             route.store = None
         elif cache == own.fallback.cache:
             route.store = upstream.fallback_store
+        elif old is not None and old.store is not None and old.config.fallback.cache == cache:
+            route.store = old.store
         else:
             route.store = FallbackStore(cache, self._clock, self._cache_secret)
+
+    def retire(self, successor: Router) -> None:
+        """After a reload: close the pools of upstreams the successor did not keep."""
+        kept = {id(u.pools) for u in successor.all_upstreams()}
+        for upstream in self.all_upstreams():
+            if id(upstream.pools) not in kept:
+                upstream.close()
 
     def close(self) -> None:
         for upstream in self.all_upstreams():
@@ -245,6 +294,10 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router(upstreams={len(self.upstreams)}, implicit={len(self._implicit)})"
+
+
+def old_upstream_breaker(previous: Upstream | None) -> CircuitBreaker | None:
+    return previous.breaker if previous is not None else None
 
 
 def _has_port(host: str) -> bool:

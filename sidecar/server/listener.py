@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
-from sidecar.config import BindAddress
+from sidecar.config import BindAddress, ListenerConfig
+from sidecar.errors import StartupError
+from sidecar.server.proxy import ListenerState
+from sidecar.upstream.loopguard import LoopGuard
 
 # accept() calls per readiness wake-up, so one busy listener cannot starve the loop.
 _ACCEPT_BATCH = 64
@@ -136,3 +140,103 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"Listener({self.name!r}, {self.address[0]}:{self.address[1]}, accepting={self._accepting})"
+
+
+class _Slot:
+    """A bound listener and the state its new connections get (swapped by a reload)."""
+
+    __slots__ = ("listener", "state")
+
+    listener: Listener
+
+    def __init__(self, state: ListenerState) -> None:
+        self.state = state
+
+
+class ListenerSet:
+    """The listeners of the running config, keyed by bind address.
+
+    A reload keeps the socket of every address that stays (only its name and upstream change,
+    for new connections), binds the new ones first and stops the removed ones last, so the
+    others' connections are never touched and a failed bind changes nothing.
+    """
+
+    __slots__ = ("_factory", "_limiter", "_loop", "_loop_guard", "_slots", "_started")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limiter: ConnectionLimiter,
+        loop_guard: LoopGuard,
+        factory: Callable[[ListenerState], asyncio.Protocol],
+    ) -> None:
+        self._loop = loop
+        self._limiter = limiter
+        self._loop_guard = loop_guard
+        self._factory = factory
+        self._slots: dict[tuple[str, str, int], _Slot] = {}
+        self._started = False
+
+    def update(self, configs: Sequence[ListenerConfig]) -> None:
+        """Make the bound listeners match `configs`; raises `StartupError` naming the address."""
+        wanted = {_key(config): config for config in configs}
+        fresh: list[tuple[tuple[str, str, int], ListenerConfig, _Slot]] = []
+        for key, config in wanted.items():
+            if key in self._slots:
+                continue
+            slot = _Slot(_state(config))
+            slot.listener = Listener(
+                config.name, self._loop, partial(self._new_protocol, slot), self._limiter
+            )
+            try:
+                slot.listener.bind(config.bind)
+            except OSError as exc:
+                for _, _, bound in fresh:
+                    bound.listener.stop()
+                raise StartupError(
+                    f"listener {config.name!r} cannot bind {config.bind}: {exc.strerror or exc}"
+                ) from None
+            fresh.append((key, config, slot))
+        for key in [key for key in self._slots if key not in wanted]:
+            slot = self._slots.pop(key)
+            self._loop_guard.discard(*slot.listener.address)
+            slot.listener.stop()
+        for key, config in wanted.items():
+            if key in self._slots:
+                kept = self._slots[key]
+                kept.state = _state(config)
+                kept.listener.name = config.name
+        for key, _, slot in fresh:
+            self._slots[key] = slot
+            self._loop_guard.add(*slot.listener.address)
+            if self._started:
+                slot.listener.start()
+
+    def _new_protocol(self, slot: _Slot) -> asyncio.Protocol:
+        return self._factory(slot.state)
+
+    def start(self) -> None:
+        self._started = True
+        for slot in self._slots.values():
+            slot.listener.start()
+
+    def stop(self) -> None:
+        for slot in self._slots.values():
+            slot.listener.stop()
+
+    @property
+    def listeners(self) -> list[Listener]:
+        return [slot.listener for slot in self._slots.values()]
+
+    def __repr__(self) -> str:
+        return f"ListenerSet({[slot.listener for slot in self._slots.values()]})"
+
+
+def _key(config: ListenerConfig) -> tuple[str, str, int]:
+    """Identity across reloads: the address, or the name for an ephemeral port (tests)."""
+    bind = config.bind
+    return (bind.host, "", bind.port) if bind.port else (bind.host, config.name, 0)
+
+
+def _state(config: ListenerConfig) -> ListenerState:
+    return ListenerState(config.name, config.upstream)

@@ -94,6 +94,16 @@ class ProxyServer:
         self.sidecar_headers = config.response_headers
         self.include_query = config.access_log.include_query
 
+    def apply(self, config: SidecarConfig, router: Router) -> None:
+        """A reload: new requests use `config` and `router`; in-flight ones keep what they had."""
+        self.config = config
+        self.router = router
+        self.limits = config.limits
+        self.sidecar_headers = config.response_headers
+        self.include_query = config.access_log.include_query
+        if self.limiter is not None:
+            self.limiter.limit = config.limits.max_connections
+
     # ---- connections ---------------------------------------------------------------------
 
     def connection_opened(self, conn: DownstreamProtocol) -> None:

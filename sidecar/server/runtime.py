@@ -37,9 +37,11 @@ from sidecar.pipeline.route import Router
 from sidecar.pipeline.stages import build_stages
 from sidecar.server.admin import AdminState, build_admin_app
 from sidecar.server.downstream import DownstreamProtocol
-from sidecar.server.listener import ConnectionLimiter, Listener
-from sidecar.server.proxy import ListenerState, ProxyServer
+from sidecar.server.listener import ConnectionLimiter, Listener, ListenerSet
+from sidecar.server.proxy import ProxyServer
 from sidecar.server.readiness import Readiness
+from sidecar.server.reload import Reloader, ReloadOutcome
+from sidecar.server.watch import ConfigWatcher
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.transport import HttpTransport
 
@@ -57,9 +59,12 @@ class Runtime:
         default_factory=lambda: CollectorRegistry(auto_describe=True)
     )
     readiness: Readiness = field(default_factory=Readiness)
-    listeners: list[Listener] = field(default_factory=list)
     admin_address: tuple[str, int] = ("", 0)
     server: ProxyServer | None = None
+    reloader: Reloader | None = None
+    _listeners: ListenerSet | None = None
+    _watcher: ConfigWatcher | None = None
+    _access_log: AccessLog | None = None
     _admin_runner: web.AppRunner | None = None
     _writer: LineWriter | None = None
     _event_log: EventLog | None = None
@@ -80,8 +85,9 @@ class Runtime:
         metrics = SidecarMetrics(self.registry, __version__)
         self._event_log = EventLog(self._writer, self.log_level, self.log_format)
         observers = Observers([metrics, self._event_log])
+        self._access_log = AccessLog(self._writer, config.access_log.include_query, self.log_format)
         if config.access_log.enabled:
-            observers.add(AccessLog(self._writer, config.access_log.include_query, self.log_format))
+            observers.add(self._access_log)
         loop_guard = LoopGuard()
         transport = HttpTransport(loop)
         rng = random.Random()
@@ -115,24 +121,23 @@ class Runtime:
         limiter = ConnectionLimiter(config.limits.max_connections)
         server.limiter = limiter
 
+        def compile_router(new: SidecarConfig, previous: Router) -> Router:
+            return Router(new, loop, loop_guard, stages, rng, clock, observers, previous)
+
         # Bind first: nothing is served until every address is ours.
-        for listener_config in config.listeners:
-            state = ListenerState(listener_config.name, listener_config.upstream)
-            factory = partial(DownstreamProtocol, server, state)
-            listener = Listener(listener_config.name, loop, factory, limiter)
-            try:
-                listener.bind(listener_config.bind)
-            except OSError as exc:
-                self._close_listeners()
-                raise StartupError(
-                    f"listener {listener_config.name!r} cannot bind {listener_config.bind}: {exc.strerror or exc}"
-                ) from None
-            self.listeners.append(listener)
-            loop_guard.add(*listener.address)
+        self._listeners = ListenerSet(
+            loop, limiter, loop_guard, partial(DownstreamProtocol, server)
+        )
+        self._listeners.update(config.listeners)
+        self.reloader = Reloader(
+            config.source_path, server, self._listeners, compile_router, observers, self._applied
+        )
         await self._start_admin(loop_guard)
 
-        for listener in self.listeners:
-            listener.start()
+        self._listeners.start()
+        if config.source_path is not None:
+            self._watcher = ConfigWatcher(config.source_path, self.reloader.reload)
+            self._watcher.start()
         self.readiness.mark_ready()
         observers.emit(
             ServerStarted(
@@ -172,6 +177,26 @@ class Runtime:
         if sockets:
             self.admin_address = sockets[0].getsockname()[:2]
             loop_guard.add(*self.admin_address)
+
+    def _applied(self, config: SidecarConfig) -> None:
+        """A reload took effect: the pieces that read the config outside the request path."""
+        observers = self.server.observers if self.server is not None else None
+        access_log = self._access_log
+        if observers is not None and access_log is not None:
+            observers.remove(access_log)
+            access_log.include_query = config.access_log.include_query
+            if config.access_log.enabled:
+                observers.add(access_log)
+        if config.admin != self.config.admin and self._event_log is not None:
+            self._event_log.log_event(
+                "warning", "admin settings changed: they take effect at the next restart"
+            )
+        self.config = config
+
+    async def reload(self) -> ReloadOutcome:
+        """SIGHUP, `POST /reload` and file changes all come here."""
+        assert self.reloader is not None
+        return await self.reloader.reload()
 
     # ---- serve and shut down --------------------------------------------------------------------
 
@@ -227,6 +252,9 @@ class Runtime:
                     task.cancel()
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
         self._close_listeners()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
@@ -235,8 +263,12 @@ class Runtime:
             self._writer.close()
 
     def _close_listeners(self) -> None:
-        for listener in self.listeners:
-            listener.stop()
+        if self._listeners is not None:
+            self._listeners.stop()
+
+    @property
+    def listeners(self) -> list[Listener]:
+        return self._listeners.listeners if self._listeners is not None else []
 
     @property
     def addresses(self) -> dict[str, tuple[str, int]]:
@@ -259,10 +291,18 @@ async def _serve(runtime: Runtime) -> int:
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.request_shutdown, signal.Signals(signum).name)
+    reloads: set[asyncio.Task[ReloadOutcome]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(runtime.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         return await runtime.wait_and_drain()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

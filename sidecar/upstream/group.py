@@ -61,6 +61,17 @@ class Upstream:
         "runtime_faults",
     )
 
+    _ssl: ssl.SSLContext | None
+    _balancer: Balancer | None
+    _dynamic: OrderedDict[str, EndpointPool]
+    pools: list[EndpointPool]
+    outliers: OutlierDetector
+    breaker: CircuitBreaker
+    budget: RetryBudget
+    gate: BulkheadGate
+    rate_limit: TokenBucket | None
+    fallback_store: FallbackStore | None
+
     def __init__(
         self,
         config: UpstreamConfig,
@@ -70,42 +81,81 @@ class Upstream:
         clock: Clock,
         observers: Observers,
         cache_secret: bytes,
+        previous: Upstream | None = None,
     ) -> None:
         self.name = config.name
         self.name_bytes = config.name.encode()
         self.config = config
         self._loop = loop
         self._loop_guard = loop_guard
-        self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
-        self.pools = [
-            EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name)
-            for e in config.endpoints
-        ]
-        self._balancer: Balancer | None = (
-            make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
-        )
-        self._dynamic: OrderedDict[str, EndpointPool] = OrderedDict()
+        # A reload keeps the state of an upstream whose endpoints did not change (SPEC §6):
+        # each piece is kept when its own policy is unchanged too, else rebuilt.
+        kept = previous if previous is not None and previous.same_endpoints(config) else None
+        if kept is not None:
+            self._ssl = kept._ssl
+            self.pools = kept.pools
+            self._dynamic = kept._dynamic
+        else:
+            self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
+            self.pools = [
+                EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name)
+                for e in config.endpoints
+            ]
+            self._dynamic = OrderedDict()
+        if kept is not None and kept.config.load_balancing == config.load_balancing:
+            self._balancer = kept._balancer
+        else:
+            self._balancer = (
+                make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
+            )
         self.inflight = 0
-        self.outliers = OutlierDetector(
-            config.outlier_detection, clock, [p.label for p in self.pools]
+        self.outliers = (
+            kept.outliers
+            if kept is not None and kept.config.outlier_detection == config.outlier_detection
+            else OutlierDetector(config.outlier_detection, clock, [p.label for p in self.pools])
         )
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
-        self.breaker = CircuitBreaker(config.circuit_breaker, clock)
-        self.budget = RetryBudget(config.retries.budget, clock)
-        self.gate = BulkheadGate(Bulkhead.from_policy(config.bulkhead))
-        self.rate_limit = (
-            TokenBucket.from_policy(config.rate_limit, clock)
-            if config.rate_limit is not None
-            else None
+        self.breaker = (
+            kept.breaker
+            if kept is not None and kept.config.circuit_breaker == config.circuit_breaker
+            else CircuitBreaker(config.circuit_breaker, clock)
         )
+        self.budget = (
+            kept.budget
+            if kept is not None and kept.config.retries.budget == config.retries.budget
+            else RetryBudget(config.retries.budget, clock)
+        )
+        self.gate = (
+            kept.gate
+            if kept is not None and kept.config.bulkhead == config.bulkhead
+            else BulkheadGate(Bulkhead.from_policy(config.bulkhead))
+        )
+        if kept is not None and kept.config.rate_limit == config.rate_limit:
+            self.rate_limit = kept.rate_limit
+        elif config.rate_limit is not None:
+            self.rate_limit = TokenBucket.from_policy(config.rate_limit, clock)
+        else:
+            self.rate_limit = None
         cache = config.fallback.cache
-        self.fallback_store = (
-            FallbackStore(cache, clock, cache_secret) if cache is not None else None
-        )
+        if kept is not None and kept.config.fallback.cache == cache:
+            self.fallback_store = kept.fallback_store
+        else:
+            self.fallback_store = (
+                FallbackStore(cache, clock, cache_secret) if cache is not None else None
+            )
         self.faults = FaultInjector(config.name, rng, observers)
-        # Faults set through the admin API; they replace the configured ones while set.
-        self.runtime_faults: FaultPolicy | None = None
+        # Faults set through the admin API; they replace the configured ones while set,
+        # and survive a reload (an operator's rehearsal is not ended by a config edit).
+        self.runtime_faults: FaultPolicy | None = previous.runtime_faults if previous else None
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
+
+    def same_endpoints(self, config: UpstreamConfig) -> bool:
+        """Whether `config` talks to exactly the endpoints (and TLS settings) this one does."""
+        return self.config.endpoints == config.endpoints and self.config.tls == config.tls
+
+    def state_kept_by(self, other: Upstream) -> bool:
+        """Whether a reload handed this upstream's pools to `other` (so they stay open)."""
+        return other.pools is self.pools
 
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
         """The pool for the next attempt; the overflow upstream uses the request's authority."""

@@ -1,0 +1,50 @@
+"""Reload when the config file changes on disk, including a ConfigMap's symlink swap.
+
+Kubernetes updates a mounted ConfigMap by writing a new `..<timestamp>` folder and
+atomically re-pointing the `..data` symlink; the file itself (a symlink into `..data`) never
+changes inode, so watching the file would miss it. The folder is watched instead (with
+watchfiles), and any change there asks for a reload; the reload itself ignores a file whose
+content did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import watchfiles
+
+
+class ConfigWatcher:
+    """Runs `reload` after changes in the config file's folder settle (debounced)."""
+
+    __slots__ = ("_folder", "_reload", "_stop", "_task")
+
+    def __init__(self, path: Path, reload: Callable[[], Awaitable[object]]) -> None:
+        self._folder = path.parent
+        self._reload = reload
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async for _ in watchfiles.awatch(
+            self._folder, stop_event=self._stop, debounce=200, step=50, recursive=True
+        ):
+            await self._reload()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self._task
+            except TimeoutError:
+                self._task.cancel()
+            self._task = None
+
+    def __repr__(self) -> str:
+        return f"ConfigWatcher({self._folder})"
