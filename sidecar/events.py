@@ -116,24 +116,6 @@ class CacheLookup:
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigReloaded:
-    """A new config took effect; `upstreams_kept` kept their breaker, store, health and pools."""
-
-    generation: int
-    source: str
-    upstreams_kept: tuple[str, ...]
-    upstreams_rebuilt: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigReloadFailed:
-    """A reload was refused (invalid file, unbindable listener); the running config is unchanged."""
-
-    source: str
-    errors: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ServerStarted:
     """Every listener and the admin API are bound; the sidecar is ready."""
 
@@ -179,7 +161,7 @@ class ConfigReloaded:
 
 @dataclass(frozen=True, slots=True)
 class ConfigReloadFailed:
-    """A reload was refused because the file is invalid; the running config is unchanged."""
+    """A reload was refused (invalid file, unbindable listener); the running config is unchanged."""
 
     source: str
     errors: tuple[str, ...]  # one line per problem, as `sidecar check` prints them
@@ -201,8 +183,6 @@ Event = (
     | RequestRejected
     | CircuitTransitioned
     | EndpointEjected
-    | ConfigReloaded
-    | ConfigReloadFailed
     | FaultInjected
     | FallbackServed
     | CacheLookup

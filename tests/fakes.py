@@ -373,6 +373,9 @@ class RecordingResponder:
     async def relay(self, exchange: Exchange, response: UpstreamResponse) -> None:
         exchange.status = self.status = response.status
         self._head_sent = True
+        if not response.has_body:  # HEAD, 204, 304: as the real responder, touch no body
+            self.body = b""
+            return
         chunks = response.take_buffered_body()
         if not response.body_complete:
             sink = _Collector()

@@ -150,8 +150,9 @@ class HttpUpstream(_Addressed):
     next n requests, whatever their path, answer `status` instead.
     """
 
-    def __init__(self, name: str = "upstream") -> None:
+    def __init__(self, name: str = "upstream", *, port: int = 0) -> None:
         self.name = name
+        self._bind_port = port  # 0: any free port; a saved port brings a server "back"
         self.requests: list[ReceivedRequest] = []
         self.counts: Counter[str] = Counter()
         self._fail_left = 0
@@ -189,7 +190,7 @@ class HttpUpstream(_Addressed):
         # A short shutdown_timeout: parked handlers are cancelled instead of delaying teardown.
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.25)
         await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
+        site = web.TCPSite(runner, HOST, self._bind_port)
         await site.start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
