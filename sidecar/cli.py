@@ -4,7 +4,9 @@ This module owns argument parsing, choosing the config (`-c`, else `$SIDECAR_CON
 else the embedded default), printing config errors, and the `check` and `schema`
 subcommands. It is the only place that writes to stdout/stderr for those commands and
 turns results into exit codes: 0 ok, 1 invalid config or failure at start, 2 usage.
-The runtime is imported only when `run` needs it, so `check` and `schema` stay light.
+The runtime is imported only when `run` needs it, so `check` and `schema` stay light;
+`status` and `demo` live in their own modules (`sidecar.status`, `sidecar.demo`), imported
+only when chosen.
 """
 
 from __future__ import annotations
@@ -55,7 +57,37 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
 
     commands.add_parser("schema", help="print the JSON Schema of the config file")
+
+    status = commands.add_parser("status", help="show a running daemon's upstreams and circuits")
+    status.add_argument(
+        "--admin",
+        metavar="URL",
+        help="admin API address (default: $SIDECAR_ADMIN, else http://127.0.0.1:15000)",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw /state JSON")
+
+    demo = commands.add_parser(
+        "demo", help="watch a breaker open and close against a flaky local upstream"
+    )
+    demo.add_argument(
+        "--duration",
+        metavar="S",
+        type=_duration_seconds,
+        default=20.0,
+        help="seconds the scripted phases take (default: 20; 4 to 600)",
+    )
     return parser
+
+
+def _duration_seconds(text: str) -> float:
+    """`--duration`: plain seconds between 4 and 600 (shorter leaves no room for recovery)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 4 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"must be between 4 and 600 seconds, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args.config, args.log_level, args.log_format)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "status":
+        from sidecar.status import run_status
+
+        return run_status(args.admin, args.json, sys.stdout, sys.stderr)
+    if args.command == "demo":
+        from sidecar.demo import run_demo
+
+        return run_demo(args.duration, sys.stdout, sys.stderr)
     return _schema()
 
 

@@ -19,7 +19,7 @@ from sidecar.config.fallback import (
     StaticResponsePolicy,
 )
 from sidecar.config.issue import ConfigError, ConfigIssue
-from sidecar.config.loader import load_config, load_config_text
+from sidecar.config.loader import load_config, load_config_text, load_section
 from sidecar.config.policy import (
     BackoffPolicy,
     BreakerPolicy,
@@ -104,6 +104,7 @@ __all__ = [
     "format_size",
     "load_config",
     "load_config_text",
+    "load_section",
     "parse_duration",
     "parse_ratio",
     "parse_size",

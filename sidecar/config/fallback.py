@@ -42,6 +42,9 @@ _FRAMING_HEADERS = frozenset(
 )
 
 
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
 class CachePolicy(ConfigModel):
     """Stale-if-error store: successful responses kept to be served when the upstream fails."""
 
@@ -71,6 +74,21 @@ class CachePolicy(ConfigModel):
         ),
         description="Failures and rejections on which a stored response is served.",
     )
+
+    @model_validator(mode="after")
+    def _safe_methods(self) -> CachePolicy:
+        # The key has no request body, so a stored answer to an unsafe method would be served
+        # to a different request (another user's POST): only safe methods may be stored.
+        unsafe = [method for method in self.methods if method not in _CACHEABLE_METHODS]
+        if unsafe:
+            raise RuleError(
+                Violation(
+                    ("methods",),
+                    f"{', '.join(unsafe)} cannot be stored: only GET and HEAD answers may be "
+                    "served as fallbacks (the key does not include the request body)",
+                )
+            )
+        return self
 
     @model_validator(mode="after")
     def _body_fits(self) -> CachePolicy:

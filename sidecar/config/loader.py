@@ -9,16 +9,21 @@ never prints; the command line decides what to do with a `ConfigError`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from sidecar.config.base import ConfigModel
 from sidecar.config.document import Document, parse_document
 from sidecar.config.explain import Explainer, Located
 from sidecar.config.interpolate import SourceMap, interpolate
-from sidecar.config.issue import ConfigError, ConfigIssue, dotted
-from sidecar.config.merge import Origin, merge_config
+from sidecar.config.issue import ConfigError, ConfigIssue, Loc, dotted
+from sidecar.config.merge import Merged, Origin, merge_config
 from sidecar.config.root import SidecarConfig
+
+M = TypeVar("M", bound=ConfigModel)
 
 
 def load_config(path: str | Path) -> SidecarConfig:
@@ -34,7 +39,10 @@ def load_config(path: str | Path) -> SidecarConfig:
         raise ConfigError(
             [ConfigIssue(source, None, None, "", f"cannot be read: {reason}")]
         ) from None
-    return _load(text, source, file.parent, file.resolve())
+    # Absolute but not resolved: a reload must re-read the path it was given. A mounted
+    # ConfigMap's file is a symlink through `..data` into a timestamped folder that the next
+    # update replaces and deletes; the resolved path would keep pointing at the old folder.
+    return _load(text, source, file.parent, file.absolute())
 
 
 def load_config_text(
@@ -42,6 +50,39 @@ def load_config_text(
 ) -> SidecarConfig:
     """Validate config text; `source` names it in messages, `base_dir` anchors relative paths."""
     return _load(text, source, base_dir, None)
+
+
+def load_section(model: type[M], data: object, loc: Loc, source: str = "request body") -> M:
+    """Validate one section given as plain data, e.g. a `faults:` body sent to the admin API.
+
+    `loc` is where the section would sit in a file (`("upstreams", "payments", "faults")`),
+    so problems read exactly as `sidecar check` words them, with that dotted path; they are
+    raised together as one `ConfigError` whose issues have no line numbers.
+    """
+    wrapped: Any = data
+    for part in reversed(loc):
+        wrapped = {part: wrapped}
+    try:
+        return model.model_validate(data, context={"base_dir": None})
+    except ValidationError as exc:
+        errors = exc.errors()
+        for error in errors:
+            error["loc"] = (*loc, *error["loc"])
+        # Every node was written by the sender exactly where it is: origins are the identity.
+        origins = {path: Origin(path) for path in _node_paths(wrapped, ())}
+        explainer = Explainer(Merged(wrapped, origins, []), {})
+        issues = [_issue(source, item, None) for item in explainer.explain(errors)]
+        raise ConfigError(list(dict.fromkeys(issues))) from None
+
+
+def _node_paths(node: Any, loc: Loc) -> Iterator[Loc]:
+    yield loc
+    if isinstance(node, dict):
+        for key, child in node.items():
+            yield from _node_paths(child, (*loc, str(key)))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _node_paths(child, (*loc, index))
 
 
 def _load(text: str, source: str, base_dir: Path | None, source_path: Path | None) -> SidecarConfig:

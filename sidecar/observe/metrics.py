@@ -23,6 +23,8 @@ from sidecar.events import (
     AttemptFinished,
     CacheLookup,
     CircuitTransitioned,
+    ConfigReloaded,
+    ConfigReloadFailed,
     Event,
     FallbackServed,
     FaultInjected,
@@ -64,6 +66,7 @@ InflightSource = Callable[[], Mapping[str, int]]
 # (upstream, route, state) per breaker; route is "default" for the upstream's own breaker.
 BreakerSource = Callable[[], Iterable[tuple[str, str, str]]]
 CIRCUIT_STATES = ("closed", "open", "half_open")
+RELOAD_RESULTS = ("success", "error")
 UPSTREAM_BREAKER = "default"
 _RequestKey = tuple[str, str, str, int, Outcome]
 _RequestChildren = tuple[Counter, Histogram]
@@ -249,6 +252,8 @@ class SidecarMetrics:
         "_cache",
         "_cache_lookups",
         "_circuit_state",
+        "_config_generation",
+        "_config_reloads",
         "_duration",
         "_ejections",
         "_fallbacks",
@@ -345,6 +350,22 @@ class SidecarMetrics:
         registry.register(self._cache)
         self._ejections = EjectionCollector()
         registry.register(self._ejections)
+        self._config_reloads = Counter(
+            "sidecar_config_reloads_total",
+            "Config reloads attempted, by result (success, error); an error keeps the old config.",
+            ("result",),
+            registry=registry,
+        )
+        # Both results exist from the start, so `increase(...{result="error"})` alerts work
+        # before the first failure.
+        for result in RELOAD_RESULTS:
+            self._config_reloads.labels(result)
+        self._config_generation = Gauge(
+            "sidecar_config_generation",
+            "Generation of the config in force: 1 at start, +1 on each applied reload.",
+            registry=registry,
+        )
+        self._config_generation.set(1)
         self._request_children: dict[_RequestKey, _RequestChildren] = {}
         self._attempt_children: dict[_AttemptKey, Counter] = {}
 
@@ -389,6 +410,11 @@ class SidecarMetrics:
                 self._cache_lookups.labels(event.upstream, event.result).inc()
             case FaultInjected():
                 self._faults.labels(event.upstream, event.kind).inc()
+            case ConfigReloaded():
+                self._config_reloads.labels("success").inc()
+                self._config_generation.set(event.generation)
+            case ConfigReloadFailed():
+                self._config_reloads.labels("error").inc()
             case _:
                 pass  # lifecycle events carry no metric
 

@@ -18,6 +18,7 @@ from sidecar.errors import (
     CircuitOpenError,
     ProxyError,
     RateLimitedError,
+    StartupError,
 )
 from sidecar.events import CacheLookup, FallbackServed, Observers
 from sidecar.outcome import FailureMatcher, Outcome, classify_status
@@ -44,7 +45,17 @@ _REJECTIONS: dict[type[ProxyError], FailureKind] = {
 class Fallback:
     """The fallback chain of one route: stored response, then static response."""
 
-    __slots__ = ("_failures", "_next", "_observers", "_rejections", "_static", "_upstream", "store")
+    __slots__ = (
+        "_failures",
+        "_next",
+        "_observers",
+        "_rejections",
+        "_static",
+        "_static_body",
+        "_static_headers",
+        "_upstream",
+        "store",
+    )
 
     def __init__(
         self,
@@ -60,6 +71,21 @@ class Fallback:
         self._next = next_stage
         self.store = store
         self._static = static
+        # Read once per config (a reload reads it again): serving never touches the disk, and a
+        # file deleted after the start cannot turn a fallback into a 500.
+        self._static_body = b""
+        self._static_headers: Headers = []
+        if static is not None:
+            try:
+                self._static_body = static.load_body()
+            except OSError as exc:
+                raise StartupError(
+                    f"upstreams.{upstream}.fallback.static.body_file: cannot read "
+                    f"{static.body_file}: {exc.strerror or exc}"
+                ) from None
+            self._static_headers = [
+                (name.encode(), value.encode()) for name, value in static.headers.items()
+            ]
         self._failures = FailureMatcher(triggers)
         self._rejections = frozenset(kind for kind in triggers if not isinstance(kind, int))
         self._observers = observers
@@ -109,9 +135,8 @@ class Fallback:
         static = self._static
         if static is not None:
             exchange.outcome = Outcome.FALLBACK_STATIC
-            headers = [(name.encode(), value.encode()) for name, value in static.headers.items()]
             responder.send_fallback(
-                exchange, static.status, headers, static.load_body(), b"static", None
+                exchange, static.status, self._static_headers, self._static_body, b"static", None
             )
             self._observers.emit(FallbackServed(self._upstream, "static"))
             return True

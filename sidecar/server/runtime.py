@@ -32,10 +32,12 @@ from sidecar.events import (
 )
 from sidecar.observe.logs import AccessLog, EventLog
 from sidecar.observe.metrics import SidecarMetrics
+from sidecar.observe.stats import RequestStats
 from sidecar.observe.writer import LineWriter
 from sidecar.pipeline.route import Router
 from sidecar.pipeline.stages import build_stages
-from sidecar.server.admin import AdminState, build_admin_app
+from sidecar.server.admin import AdminState, build_admin_app, read_admin_token
+from sidecar.server.control import Control
 from sidecar.server.downstream import DownstreamProtocol
 from sidecar.server.listener import ConnectionLimiter, Listener, ListenerSet
 from sidecar.server.proxy import ProxyServer
@@ -79,12 +81,15 @@ class Runtime:
         """Build everything, bind every socket, then start serving; raises `StartupError`."""
         loop = asyncio.get_running_loop()
         config = self.config
+        token = read_admin_token(config.admin.token_file)  # a bad token file fails the start
         clock = LoopClock(loop)
         self._writer = LineWriter(self.stream)
         self._writer.start_periodic_flush(loop)
         metrics = SidecarMetrics(self.registry, __version__)
         self._event_log = EventLog(self._writer, self.log_level, self.log_format)
         observers = Observers([metrics, self._event_log])
+        stats = RequestStats(clock)
+        observers.add(stats)
         self._access_log = AccessLog(self._writer, config.access_log.include_query, self.log_format)
         if config.access_log.enabled:
             observers.add(self._access_log)
@@ -132,7 +137,16 @@ class Runtime:
         self.reloader = Reloader(
             config.source_path, server, self._listeners, compile_router, observers, self._applied
         )
-        await self._start_admin(loop_guard)
+        control = Control(
+            lambda: server.router,
+            stats,
+            clock,
+            observers,
+            self.readiness,
+            self._info,
+            reload=self.reload,
+        )
+        await self._start_admin(loop_guard, control, token)
 
         self._listeners.start()
         if config.source_path is not None:
@@ -151,12 +165,20 @@ class Runtime:
             )
         )
 
-    async def _start_admin(self, loop_guard: LoopGuard) -> None:
+    def _info(self) -> dict[str, Any]:
+        generation = self.reloader.generation if self.reloader is not None else 1
+        return {"generation": generation, "config_source": self.source}
+
+    async def _start_admin(
+        self, loop_guard: LoopGuard, control: Control, token: str | None
+    ) -> None:
         config = self.config
         state = AdminState(
             registry=self.registry,
             readiness=self.readiness,
             config_view=lambda: self.config.model_dump(mode="json", exclude_none=False),
+            control=control,
+            token=token,
         )
         runner = web.AppRunner(build_admin_app(state), access_log=None, handle_signals=False)
         await runner.setup()

@@ -31,10 +31,15 @@ class ConfigWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        # A change made between the start's load and the watches being set up would go unseen
+        # until the next one. awatch sets its watches up in its first step, before it first
+        # waits, so a reload scheduled now runs once they exist (an unchanged file is a no-op).
+        catch_up = asyncio.ensure_future(self._reload())
         async for _ in watchfiles.awatch(
             self._folder, stop_event=self._stop, debounce=200, step=50, recursive=True
         ):
             await self._reload()
+        await catch_up
 
     async def stop(self) -> None:
         self._stop.set()

@@ -46,7 +46,10 @@ class UpstreamConnection(asyncio.Protocol):
         "_chunked_request",
         "_closed",
         "_connection_named",
+        "_deadline_at",
+        "_deadline_handle",
         "_done",
+        "_head_deadline",
         "_head_future",
         "_head_only",
         "_idle_handle",
@@ -82,6 +85,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._state = _IDLE
         self._closed = False
         self._head_future: asyncio.Future[None] | None = None
+        self._head_deadline = 0.0  # the current exchange's head is due by then
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0  # when `_deadline_handle` fires
         self._done: asyncio.Future[None] | None = None
         self._sink: BodySink | None = None
         self._body_buffer: list[bytes] = []
@@ -135,6 +141,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_idle_timer()
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
         state = self._state
         if state == _AWAITING_HEAD:
             self._fail(
@@ -273,6 +282,37 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_producer = producer
         if producer is not None and self._write_paused:
             producer.pause_reading()
+
+    def expire_head_at(self, deadline: float) -> None:
+        """Fail the awaited response head with `UpstreamTimeoutError` at `deadline`.
+
+        One timer per connection, moved only when it fires (never per request): on a
+        keep-alive connection many exchanges start and end within one `per_try`, and arming
+        and cancelling a timer for each cost more than the rest of the attempt's bookkeeping.
+        The timer is never later than the current deadline; firing early, it re-arms.
+        """
+        self._head_deadline = deadline
+        handle = self._deadline_handle
+        if handle is not None and self._deadline_at <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._deadline_at = deadline
+        self._deadline_handle = self._loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        if self._state != _AWAITING_HEAD or self._closed:
+            return  # that exchange has its head; the next one arms the timer again
+        if self._head_deadline > self._deadline_at:
+            self._deadline_at = self._head_deadline  # armed for an earlier exchange
+            self._deadline_handle = self._loop.call_at(self._head_deadline, self._on_deadline)
+            return
+        head_future = self._head_future
+        if head_future is not None and not head_future.done():
+            head_future.set_exception(
+                UpstreamTimeoutError("no response headers before the deadline")
+            )
 
     def arm_idle_timer(self) -> None:
         """Watch for gaps longer than `idle` between body chunks in either direction."""

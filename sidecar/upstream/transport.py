@@ -82,7 +82,7 @@ class HttpTransport:
             body.attach(conn)
             if not body.complete:
                 conn.arm_idle_timer()
-        timer = self._loop.call_at(deadline, _expire, head_future)
+        conn.expire_head_at(deadline)
         try:
             await head_future
         except BaseException:
@@ -90,16 +90,9 @@ class HttpTransport:
             if body is not None:
                 body.detach()
             raise
-        finally:
-            timer.cancel()
 
     def __repr__(self) -> str:
         return "HttpTransport()"
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeoutError("no response headers before the deadline"))
 
 
 def _safe_to_resend(exchange: Exchange) -> bool:

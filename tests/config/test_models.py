@@ -575,3 +575,11 @@ def test_breaker_minimum_calls_cannot_exceed_a_count_window() -> None:
     message = str(caught.value)
     assert "defaults.circuit_breaker" in message
     assert "minimum_calls (10) must not exceed window.calls (5)" in message
+
+
+def test_cache_methods_refuse_unsafe_methods() -> None:
+    """A POST answer must never be stored: the key has no body, so another request would get it."""
+    text = "version: 1\ndefaults:\n  fallback:\n    cache: {methods: [GET, POST]}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, source="c.yaml")
+    assert "defaults.fallback.cache.methods: POST cannot be stored" in str(caught.value)

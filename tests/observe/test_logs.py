@@ -12,6 +12,8 @@ import pytest
 
 from sidecar.events import (
     AttemptFinished,
+    ConfigReloaded,
+    ConfigReloadFailed,
     Event,
     ListenersClosed,
     ProxyFault,
@@ -236,6 +238,26 @@ def test_access_log_ignores_other_events(event: Event) -> None:
             "proxy fault",
             {"request_id": "r-9", "detail": "KeyError: 'x'"},
         ),
+        (
+            ConfigReloaded(2, "sidecar.yaml", ("payments",), ("orders",)),
+            "info",
+            "config reloaded",
+            {
+                "generation": 2,
+                "config_source": "sidecar.yaml",
+                "upstreams_kept": ["payments"],
+                "upstreams_rebuilt": ["orders"],
+            },
+        ),
+        (
+            ConfigReloadFailed("sidecar.yaml", ("sidecar.yaml:3:5: version: must be 1",)),
+            "error",
+            "config reload failed; the running config is unchanged",
+            {
+                "config_source": "sidecar.yaml",
+                "errors": ["sidecar.yaml:3:5: version: must be 1"],
+            },
+        ),
     ],
     ids=[
         "server-started",
@@ -244,6 +266,8 @@ def test_access_log_ignores_other_events(event: Event) -> None:
         "shutdown-clean",
         "shutdown-abandoned",
         "proxy-fault",
+        "config-reloaded",
+        "config-reload-failed",
     ],
 )
 def test_event_log_writes_lifecycle_events(

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar.events import (
     AttemptFinished,
+    ConfigReloaded,
+    ConfigReloadFailed,
     RequestFinished,
     ServerStarted,
     ShutdownFinished,
@@ -218,6 +220,25 @@ def test_lifecycle_events_add_no_samples(
     metrics.notify(ServerStarted((("egress", "127.0.0.1:15001"),), "127.0.0.1:15000", "x", "1"))
     metrics.notify(ShutdownFinished(abandoned=0, forced=False))
     assert generate_latest(registry) == before
+
+
+def test_config_reloads_count_results_and_track_the_generation(
+    metrics: SidecarMetrics, registry: CollectorRegistry
+) -> None:
+    """Applied reloads set the generation (1 at start); failed ones only count as errors."""
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("sidecar_config_generation") == 1.0
+    assert sample("sidecar_config_reloads_total", result="success") == 0.0
+    assert sample("sidecar_config_reloads_total", result="error") == 0.0
+    metrics.notify(ConfigReloaded(2, "sidecar.yaml", ("a",), ()))
+    metrics.notify(ConfigReloadFailed("sidecar.yaml", ("bad",)))
+    metrics.notify(ConfigReloadFailed("sidecar.yaml", ("bad",)))
+    assert sample("sidecar_config_generation") == 2.0
+    assert sample("sidecar_config_reloads_total", result="success") == 1.0
+    assert sample("sidecar_config_reloads_total", result="error") == 2.0
 
 
 def test_metrics_live_only_on_the_registry_passed_in() -> None:
