@@ -180,7 +180,9 @@ def circuit_notes(state: Mapping[str, Any]) -> list[str]:
             if reason:
                 note += f" ({reason})"
             retry = circuit.get("retry_after_s")
-            if current == "open" and isinstance(retry, int | float) and retry > 0:
+            if circuit.get("forced"):
+                note += ", until released with state auto"  # a forced state never times out
+            elif current == "open" and isinstance(retry, int | float) and retry > 0:
                 note += f", trial calls in {retry:.1f}s"
             notes.append(note)
     return notes

@@ -42,7 +42,8 @@ def load_config(path: str | Path) -> SidecarConfig:
     # Absolute but not resolved: a reload must re-read the path it was given. A mounted
     # ConfigMap's file is a symlink through `..data` into a timestamped folder that the next
     # update replaces and deletes; the resolved path would keep pointing at the old folder.
-    return _load(text, source, file.parent, file.absolute())
+    absolute = file.absolute()
+    return _load(text, source, absolute.parent, absolute)
 
 
 def load_config_text(

@@ -103,6 +103,7 @@ class Control:
             endpoints.append(
                 {
                     "url": pool.label,
+                    "healthy": upstream.is_healthy(pool.label),
                     "ejected": ejected,
                     "ejected_until": (
                         self._epoch(health.ejected_until) if ejected and health else None

@@ -204,7 +204,8 @@ class ListenerSet:
         for key, config in wanted.items():
             if key in self._slots:
                 kept = self._slots[key]
-                kept.state = _state(config)
+                kept.state.name = config.name  # in place: its open connections see it too
+                kept.state.upstream = config.upstream
                 kept.listener.name = config.name
         for key, _, slot in fresh:
             self._slots[key] = slot

@@ -42,9 +42,13 @@ _OUTCOME_BY_RESULT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListenerState:
-    """What a downstream connection needs to know about the listener it arrived on."""
+    """What a downstream connection needs to know about the listener it arrived on.
+
+    One object per listener, shared by its connections and updated in place by a reload, so
+    a keep-alive connection's next request follows the listener's current settings.
+    """
 
     name: str
     upstream: str | None  # dedicated listener's upstream; None for forward listeners
@@ -151,7 +155,11 @@ class ProxyServer:
                 await run_tunnel(self, exchange, listener)
                 return
             if listener.upstream is not None:
-                upstream = self.router.dedicated(listener.upstream)
+                upstream = self.router.upstreams.get(listener.upstream)
+                if upstream is None:  # the listener was removed by a reload: it is closing
+                    raise UnknownUpstreamError(
+                        f"listener {listener.name!r} no longer has an upstream (removed by a reload)"
+                    )
                 # The app addressed the sidecar (127.0.0.1:PORT); the upstream expects its own
                 # name, as with nginx's proxy_pass: send the endpoint's authority as Host.
                 exchange.host_header = None

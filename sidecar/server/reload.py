@@ -3,7 +3,7 @@
 An invalid file changes nothing: the errors are logged and counted and the old config keeps
 running. A valid one takes effect for new requests; in-flight requests finish under the
 objects they already hold. Upstreams whose endpoints did not change keep their breaker,
-fallback store, endpoint health and connection pools (the router compiles each one against
+fallback store, endpoint health (and running health checks) and connection pools (the router compiles each one against
 its previous incarnation); listeners are added and removed without touching the others.
 """
 
@@ -111,6 +111,8 @@ class Reloader:
             )
         server.apply(config, router)
         old.retire(router)
+        if not server.draining:
+            router.start_health_checks()  # new or changed ones; kept probes run on
         self._on_applied(config)
         self.generation += 1
         kept = tuple(

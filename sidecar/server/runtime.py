@@ -116,6 +116,14 @@ class Runtime:
                 if (usage := u.cache_usage()) is not None
             }
         )
+        metrics.set_health_source(
+            lambda: [
+                (u.name, pool.label, u.health.is_healthy(pool.label))
+                for u in server.router.all_upstreams()
+                if u.health is not None
+                for pool in u.pools
+            ]
+        )
         metrics.set_ejection_source(
             lambda: [
                 (u.name, pool.label, u.outliers.is_ejected(pool.label))
@@ -149,6 +157,7 @@ class Runtime:
         await self._start_admin(loop_guard, control, token)
 
         self._listeners.start()
+        router.start_health_checks()  # probes run only while the sidecar serves
         if config.source_path is not None:
             self._watcher = ConfigWatcher(config.source_path, self.reloader.reload)
             self._watcher.start()
@@ -257,6 +266,8 @@ class Runtime:
                 pass
         abandoned = server.connection_count
         server.abort_all()
+        # 4. Stop the health checks, then close the pools they and the requests used.
+        await server.router.stop_health_checks()
         server.router.close()
         server.observers.emit(ShutdownFinished(abandoned=abandoned, forced=self._forced.is_set()))
         await self.close()
@@ -277,6 +288,8 @@ class Runtime:
         if self._watcher is not None:
             await self._watcher.stop()
             self._watcher = None
+        if self.server is not None:
+            await self.server.router.stop_health_checks()  # a no-op after wait_and_drain
         self._close_listeners()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()

@@ -3,7 +3,9 @@
 Kubernetes updates a mounted ConfigMap by writing a new `..<timestamp>` folder and
 atomically re-pointing the `..data` symlink; the file itself (a symlink into `..data`) never
 changes inode, so watching the file would miss it. The folder is watched instead (with
-watchfiles), and any change there asks for a reload; the reload itself ignores a file whose
+watchfiles, not recursively), and only changes to the config file's own name or to the
+ConfigMap's `..`-prefixed entries ask for a reload, so other files written in the same folder
+(a log, an editor's swap file) never trigger one; the reload itself ignores a file whose
 content did not change.
 """
 
@@ -19,10 +21,11 @@ import watchfiles
 class ConfigWatcher:
     """Runs `reload` after changes in the config file's folder settle (debounced)."""
 
-    __slots__ = ("_folder", "_reload", "_stop", "_task")
+    __slots__ = ("_folder", "_name", "_reload", "_stop", "_task")
 
     def __init__(self, path: Path, reload: Callable[[], Awaitable[object]]) -> None:
         self._folder = path.parent
+        self._name = path.name
         self._reload = reload
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -36,10 +39,19 @@ class ConfigWatcher:
         # waits, so a reload scheduled now runs once they exist (an unchanged file is a no-op).
         catch_up = asyncio.ensure_future(self._reload())
         async for _ in watchfiles.awatch(
-            self._folder, stop_event=self._stop, debounce=200, step=50, recursive=True
+            self._folder,
+            stop_event=self._stop,
+            debounce=200,
+            step=50,
+            recursive=False,
+            watch_filter=self._concerns_config,
         ):
             await self._reload()
         await catch_up
+
+    def _concerns_config(self, change: watchfiles.Change, path: str) -> bool:
+        name = Path(path).name
+        return name == self._name or name.startswith("..")
 
     async def stop(self) -> None:
         self._stop.set()

@@ -733,3 +733,27 @@ async def test_reload_with_an_unbindable_listener_changes_nothing(
     assert [line["errors"] for line in failed] == [outcome.errors]
     assert (reloads(samples, "success"), reloads(samples, "error")) == (0, 1)
     assert generation_gauge(samples) == 1
+
+
+async def test_reload_retargets_open_connections_of_a_kept_listener(
+    tmp_path: Path, upstream: HttpUpstream
+) -> None:
+    """A keep-alive connection on a listener whose upstream a reload renames follows it."""
+    first_config = config(
+        listeners=[{"name": DEDICATED, "bind": BIND, "upstream": "before"}],
+        upstreams={"before": {"endpoints": [upstream.url("")]}},
+    )
+    path = plain_file(tmp_path, first_config)
+    async with running_sidecar_file(path, watch=False) as sc:
+        async with RawClient(sc.port(DEDICATED)) as client:
+            await client.send(get("/ok"))
+            first = await client.read_response()
+            renamed = config(
+                listeners=[{"name": DEDICATED, "bind": BIND, "upstream": "after"}],
+                upstreams={"after": {"endpoints": [upstream.url("")]}},
+            )
+            await reload_applied(sc, path, renamed)
+            await client.send(get("/ok"))
+            second = await client.read_response()
+    assert (first.status, first.header("x-sidecar-upstream")) == (200, "before")
+    assert (second.status, second.header("x-sidecar-upstream")) == (200, "after")
