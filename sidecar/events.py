@@ -92,6 +92,16 @@ class EndpointEjected:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointHealthChanged:
+    """Active health checks took an endpoint out of rotation (`healthy` False) or back in."""
+
+    upstream: str
+    endpoint: str
+    healthy: bool
+    reason: str  # which checks decided it, and what the last one saw
+
+
+@dataclass(frozen=True, slots=True)
 class FaultInjected:
     """Fault injection delayed or aborted an attempt."""
 
@@ -183,6 +193,7 @@ Event = (
     | RequestRejected
     | CircuitTransitioned
     | EndpointEjected
+    | EndpointHealthChanged
     | FaultInjected
     | FallbackServed
     | CacheLookup

@@ -144,6 +144,7 @@ class HttpUpstream(_Addressed):
     * `/upload`: reads the streamed request body; 200 JSON with `length` and `sha256`.
     * `/headers?Name=value&...`: 200 with the query parameters as response headers.
     * `/set-cookie`: 200 with `Set-Cookie: SET_COOKIE`.
+    * `/health`: `health_status` (200 unless a test sets another), for active health checks.
 
     Every request, also to unknown paths, is appended to `requests` and counted in `counts`
     (keyed by raw path without query) before it is answered. `fail_next(n, status)` makes the
@@ -157,6 +158,7 @@ class HttpUpstream(_Addressed):
         self.counts: Counter[str] = Counter()
         self._fail_left = 0
         self._fail_status = 503
+        self.health_status = 200
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.app = self._build_app()
@@ -242,6 +244,7 @@ class HttpUpstream(_Addressed):
         app.router.add_route("*", "/upload", self._upload)
         app.router.add_route("*", "/headers", self._headers)
         app.router.add_route("*", "/set-cookie", self._set_cookie)
+        app.router.add_route("*", "/health", self._health)
         return app
 
     async def _ok(self, request: web.Request) -> web.StreamResponse:
@@ -324,6 +327,9 @@ class HttpUpstream(_Addressed):
         response = web.Response(text="ok")
         _add_query_headers(request, response)
         return response
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=self.health_status, text="health")
 
     async def _set_cookie(self, request: web.Request) -> web.StreamResponse:
         response = web.Response(text="cookie set")

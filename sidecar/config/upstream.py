@@ -77,17 +77,25 @@ class OutlierPolicy(ConfigModel):
 class HealthCheckPolicy(ConfigModel):
     """Active health checks: a GET to `path` on every endpoint each `interval`."""
 
-    path: str = Field(default="/health", description="Path requested (must start with /).")
+    path: str = Field(
+        default="/health", description="Path (and query) requested with GET; must start with /."
+    )
     interval: PositiveDuration = Field(default=10.0, description="Time between checks.")
     timeout: PositiveDuration = Field(default=1.0, description="A slower answer is a failure.")
-    healthy: PositiveCount = Field(default=2, description="Successes in a row to return.")
-    unhealthy: PositiveCount = Field(default=3, description="Failures in a row to eject.")
+    healthy: PositiveCount = Field(default=2, description="Passed checks in a row to return.")
+    unhealthy: PositiveCount = Field(
+        default=3, description="Failed checks in a row to leave rotation."
+    )
 
     @field_validator("path", mode="after")
     @classmethod
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError(f"{value!r} must start with '/'")
+        # It is written as the request target: spaces or control characters would break
+        # (or forge) the request line.
+        if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+            raise ValueError(f"{value!r} must be ASCII without spaces or control characters")
         return value
 
 

@@ -26,6 +26,7 @@ from sidecar.events import (
     ConfigReloaded,
     ConfigReloadFailed,
     EndpointEjected,
+    EndpointHealthChanged,
     Event,
     ListenersClosed,
     ProxyFault,
@@ -253,6 +254,15 @@ class EventLog:
                     endpoint=event.endpoint,
                     duration_s=event.duration,
                     consecutive_failures=event.failures,
+                )
+            case EndpointHealthChanged():
+                # Leaving rotation is what an operator must notice; returning is news.
+                self.log_event(
+                    "info" if event.healthy else "warning",
+                    "endpoint healthy" if event.healthy else "endpoint unhealthy",
+                    upstream=event.upstream,
+                    endpoint=event.endpoint,
+                    reason=event.reason,
                 )
             case RetryBudgetExhausted():
                 self.log_event("debug", "retry budget exhausted", upstream=event.upstream)

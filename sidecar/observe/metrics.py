@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from sidecar.events import (
@@ -33,7 +33,7 @@ from sidecar.events import (
     RetryBudgetExhausted,
     RetryScheduled,
 )
-from sidecar.outcome import AttemptResult, Outcome
+from sidecar.observe.hot import HotMetrics
 
 # Proxy latencies span a cache-local 1 ms to a 60 s report route; these bounds keep the
 # p50/p99 of both readable while staying at 15 series per (upstream, outcome).
@@ -68,9 +68,6 @@ BreakerSource = Callable[[], Iterable[tuple[str, str, str]]]
 CIRCUIT_STATES = ("closed", "open", "half_open")
 RELOAD_RESULTS = ("success", "error")
 UPSTREAM_BREAKER = "default"
-_RequestKey = tuple[str, str, str, int, Outcome]
-_RequestChildren = tuple[Counter, Histogram]
-_AttemptKey = tuple[str, str, AttemptResult]
 
 
 def _no_inflight() -> Mapping[str, int]:
@@ -155,6 +152,41 @@ class EjectionCollector:
 
     def __repr__(self) -> str:
         return f"EjectionCollector(source={self._source!r})"
+
+
+# (upstream, endpoint, healthy) for every endpoint of an upstream with health checks.
+HealthSource = Callable[[], Iterable[tuple[str, str, bool]]]
+
+
+class HealthCollector:
+    """`sidecar_endpoint_healthy{upstream, endpoint}`: 1 while active checks pass, else 0.
+
+    Only endpoints of upstreams with `health_check` set have a series: nobody checks the
+    others, and the implicit upstreams of a forward listener would add a series per host.
+    """
+
+    __slots__ = ("_source",)
+
+    NAME = "sidecar_endpoint_healthy"
+    HELP = "1 while active health checks keep the endpoint in rotation, else 0."
+
+    def __init__(self) -> None:
+        self._source: HealthSource = _no_endpoints
+
+    def set_source(self, source: HealthSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "endpoint"))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=("upstream", "endpoint"))
+        for upstream, endpoint, healthy in self._source():
+            family.add_metric((upstream, endpoint), 1.0 if healthy else 0.0)
+        yield family
+
+    def __repr__(self) -> str:
+        return f"HealthCollector(source={self._source!r})"
 
 
 class CacheCollector:
@@ -245,8 +277,6 @@ class SidecarMetrics:
     """The sidecar's metrics on one registry; an `Observer` of the request and attempt events."""
 
     __slots__ = (
-        "_attempt_children",
-        "_attempts",
         "_budget_exhausted",
         "_build_info",
         "_cache",
@@ -254,39 +284,21 @@ class SidecarMetrics:
         "_circuit_state",
         "_config_generation",
         "_config_reloads",
-        "_duration",
         "_ejections",
         "_fallbacks",
         "_faults",
+        "_health",
+        "_hot",
         "_inflight",
         "_rejected",
-        "_request_children",
-        "_requests",
         "_retries",
         "_route_transitions",
         "_transitions",
     )
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
-        self._requests = Counter(
-            "sidecar_requests_total",
-            "Downstream requests by upstream, route, method, status code and outcome.",
-            ("upstream", "route", "method", "code", "outcome"),
-            registry=registry,
-        )
-        self._duration = Histogram(
-            "sidecar_request_duration_seconds",
-            "Time from request received to response finished, by upstream and outcome.",
-            ("upstream", "outcome"),
-            registry=registry,
-            buckets=DURATION_BUCKETS,
-        )
-        self._attempts = Counter(
-            "sidecar_upstream_attempts_total",
-            "Attempts sent to each endpoint, by classified result.",
-            ("upstream", "endpoint", "result"),
-            registry=registry,
-        )
+        self._hot = HotMetrics(DURATION_BUCKETS)
+        registry.register(self._hot)
         self._build_info = Gauge(
             "sidecar_build_info",
             "Always 1; the label carries the running sidecar version.",
@@ -350,6 +362,8 @@ class SidecarMetrics:
         registry.register(self._cache)
         self._ejections = EjectionCollector()
         registry.register(self._ejections)
+        self._health = HealthCollector()
+        registry.register(self._health)
         self._config_reloads = Counter(
             "sidecar_config_reloads_total",
             "Config reloads attempted, by result (success, error); an error keeps the old config.",
@@ -366,8 +380,6 @@ class SidecarMetrics:
             registry=registry,
         )
         self._config_generation.set(1)
-        self._request_children: dict[_RequestKey, _RequestChildren] = {}
-        self._attempt_children: dict[_AttemptKey, Counter] = {}
 
     def set_inflight_source(self, source: InflightSource) -> None:
         """Where `sidecar_inflight_requests` reads upstream → in-flight count at scrape time."""
@@ -380,6 +392,10 @@ class SidecarMetrics:
     def set_ejection_source(self, source: EjectionSource) -> None:
         """Where `sidecar_endpoint_ejected` reads each endpoint's state at scrape time."""
         self._ejections.set_source(source)
+
+    def set_health_source(self, source: HealthSource) -> None:
+        """Where `sidecar_endpoint_healthy` reads each checked endpoint's health at scrape time."""
+        self._health.set_source(source)
 
     def set_cache_source(self, source: CacheSource) -> None:
         """Where `sidecar_cache_entries`/`sidecar_cache_bytes` read their values at scrape time."""
@@ -422,33 +438,12 @@ class SidecarMetrics:
         method = event.method
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
-        key = (event.upstream, event.route, method, event.status, event.outcome)
-        children = self._request_children.get(key)
-        if children is None:
-            children = self._bind_request(key)
-        children[0].inc()
-        children[1].observe(event.duration)
-
-    def _bind_request(self, key: _RequestKey) -> _RequestChildren:
-        """Label children for a label set not seen before; the only place labels() runs."""
-        upstream, route, method, status, outcome = key
-        children = (
-            self._requests.labels(upstream, route, method, str(status), outcome.value),
-            self._duration.labels(upstream, outcome.value),
+        self._hot.record_request(
+            event.upstream, event.route, method, event.status, event.outcome, event.duration
         )
-        self._request_children[key] = children
-        return children
 
     def _on_attempt(self, event: AttemptFinished) -> None:
-        key = (event.upstream, event.endpoint, event.result)
-        child = self._attempt_children.get(key)
-        if child is None:
-            child = self._attempts.labels(event.upstream, event.endpoint, event.result.value)
-            self._attempt_children[key] = child
-        child.inc()
+        self._hot.record_attempt(event.upstream, event.endpoint, event.result)
 
     def __repr__(self) -> str:
-        return (
-            f"SidecarMetrics(request_label_sets={len(self._request_children)}, "
-            f"attempt_label_sets={len(self._attempt_children)})"
-        )
+        return f"SidecarMetrics({self._hot!r})"

@@ -281,12 +281,32 @@ class Router:
         else:
             route.store = FallbackStore(cache, self._clock, self._cache_secret)
 
+    def start_health_checks(self) -> None:
+        """Start the probes of upstreams with `health_check` (those already running go on).
+
+        Implicit upstreams created later have none: `defaults` has no `health_check`.
+        """
+        for upstream in self.all_upstreams():
+            if upstream.probe is not None:
+                upstream.probe.start()
+
+    async def stop_health_checks(self) -> None:
+        """Stop every probe and wait (bounded) until none of their tasks is left."""
+        probes = [u.probe for u in self.all_upstreams() if u.probe is not None]
+        await asyncio.gather(*(probe.stop() for probe in probes))
+
     def retire(self, successor: Router) -> None:
-        """After a reload: close the pools of upstreams the successor did not keep."""
-        kept = {id(u.pools) for u in successor.all_upstreams()}
+        """After a reload: close the pools of upstreams the successor did not keep, and stop
+        the health checks it did not keep (an upstream whose `health_check` changed gets a
+        new probe, which the successor's `start_health_checks()` starts)."""
+        successors = successor.all_upstreams()
+        kept = {id(u.pools) for u in successors}
+        kept_probes = {id(u.probe) for u in successors if u.probe is not None}
         for upstream in self.all_upstreams():
             if id(upstream.pools) not in kept:
                 upstream.close()
+            elif upstream.probe is not None and id(upstream.probe) not in kept_probes:
+                upstream.probe.cancel()
 
     def close(self) -> None:
         for upstream in self.all_upstreams():

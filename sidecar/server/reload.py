@@ -3,8 +3,9 @@
 An invalid file changes nothing: the errors are logged and counted and the old config keeps
 running. A valid one takes effect for new requests; in-flight requests finish under the
 objects they already hold. Upstreams whose endpoints did not change keep their breaker,
-fallback store, endpoint health (and running health checks) and connection pools (the router compiles each one against
-its previous incarnation); listeners are added and removed without touching the others.
+fallback store, endpoint health (and running health checks) and connection pools (the router
+compiles each one against its previous incarnation); listeners are added and removed without
+touching the others.
 """
 
 from __future__ import annotations

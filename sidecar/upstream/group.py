@@ -2,7 +2,9 @@
 
 Built once per config from an `UpstreamConfig`. The shared overflow upstream for unknown
 hosts (`other`) has no fixed endpoints: it keeps one pool per authority it is asked for,
-bounded so a scan of many hosts cannot grow memory without limit.
+bounded so a scan of many hosts cannot grow memory without limit. An upstream with
+`health_check` owns a `HealthChecker` and the `HealthProbe` that feeds it; the probe runs
+only between `Router.start_health_checks()` and the upstream's `close()`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sidecar.resilience.bulkhead import Bulkhead
 from sidecar.resilience.gate import BulkheadGate
 from sidecar.resilience.ratelimit import TokenBucket
 from sidecar.upstream.balancing import Balancer, make_balancer
+from sidecar.upstream.health import HealthChecker, HealthProbe
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.outlier import OutlierDetector
 from sidecar.upstream.pool import EndpointPool
@@ -51,11 +54,13 @@ class Upstream:
         "fallback_store",
         "faults",
         "gate",
+        "health",
         "inflight",
         "name",
         "name_bytes",
         "outliers",
         "pools",
+        "probe",
         "rate_limit",
         "routes",
         "runtime_faults",
@@ -66,6 +71,8 @@ class Upstream:
     _dynamic: OrderedDict[str, EndpointPool]
     pools: list[EndpointPool]
     outliers: OutlierDetector
+    health: HealthChecker | None
+    probe: HealthProbe | None
     breaker: CircuitBreaker
     budget: RetryBudget
     gate: BulkheadGate
@@ -114,6 +121,23 @@ class Upstream:
             if kept is not None and kept.config.outlier_detection == config.outlier_detection
             else OutlierDetector(config.outlier_detection, clock, [p.label for p in self.pools])
         )
+        health_check = config.health_check
+        if kept is not None and kept.config.health_check == health_check:
+            # The probe keeps running: no fresh jitter, no gap in the checks, no lost streaks.
+            self.health, self.probe = kept.health, kept.probe
+        elif health_check is not None and self.pools:
+            self.health = HealthChecker(health_check, clock, [p.label for p in self.pools])
+            self.probe = HealthProbe(
+                config.name,
+                health_check,
+                self.health,
+                [pool.sibling() for pool in self.pools],
+                clock,
+                rng,
+                observers,
+            )
+        else:
+            self.health, self.probe = None, None
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
         self.breaker = (
             kept.breaker
@@ -158,18 +182,36 @@ class Upstream:
         return other.pools is self.pools
 
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
-        """The pool for the next attempt; the overflow upstream uses the request's authority."""
+        """The pool for the next attempt; the overflow upstream uses the request's authority.
+
+        Endpoints that outlier detection ejected or health checks marked unhealthy are
+        skipped. When every endpoint is unhealthy, health is ignored ("panic mode", as in
+        Envoy): sending to all of them beats refusing every request on a check's word. When
+        no other endpoint is left (a retry avoids the one it just tried), the balancer's
+        choice stands.
+        """
         balancer = self._balancer
         if balancer is None:
             return self._dynamic_pool(authority)
         pool = balancer.pick(avoid)
         outliers = self.outliers
-        # Skip ejected endpoints; if every candidate is ejected, use the balancer's choice
-        # (ejection is bounded by max_ejected, so this only happens in a race with time).
+        health = self.health
+        if health is not None and health.all_unhealthy:
+            health = None  # panic mode
         for _ in range(len(self.pools)):
-            if not outliers.is_ejected(pool.label):
+            if not outliers.is_ejected(pool.label) and (
+                health is None or health.is_healthy(pool.label)
+            ):
                 return pool
             pool = balancer.pick(avoid)
+        # Random and least-request choices can miss the one endpoint left: look at each.
+        for candidate in self.pools:
+            if (
+                candidate is not avoid
+                and not outliers.is_ejected(candidate.label)
+                and (health is None or health.is_healthy(candidate.label))
+            ):
+                return candidate
         return pool
 
     def _dynamic_pool(self, authority: str) -> EndpointPool:
@@ -208,7 +250,13 @@ class Upstream:
             return []
         return [*self.routes.routes, self.routes.default]
 
+    def is_healthy(self, endpoint: str) -> bool:
+        """Whether active health checks keep `endpoint` in rotation (true without checks)."""
+        return self.health is None or self.health.is_healthy(endpoint)
+
     def close(self) -> None:
+        if self.probe is not None:
+            self.probe.cancel()
         for pool in self.pools:
             pool.close()
         for pool in self._dynamic.values():

@@ -59,6 +59,15 @@ class EndpointPool:
         self._closing = False
         self.inflight = 0
 
+    def sibling(self) -> EndpointPool:
+        """A separate pool to the same endpoint with the same TLS settings and Host header.
+
+        Health checks use one, so that their connections never mix with the traffic's.
+        """
+        return EndpointPool(
+            self.endpoint, self._loop, self._loop_guard, self._ssl, self._server_hostname
+        )
+
     async def acquire(self, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
         """An idle connection (reused=True) or a new one; raises `UpstreamConnectError`."""
         idle = self._idle

@@ -744,16 +744,18 @@ async def test_reload_retargets_open_connections_of_a_kept_listener(
         upstreams={"before": {"endpoints": [upstream.url("")]}},
     )
     path = plain_file(tmp_path, first_config)
-    async with running_sidecar_file(path, watch=False) as sc:
-        async with RawClient(sc.port(DEDICATED)) as client:
-            await client.send(get("/ok"))
-            first = await client.read_response()
-            renamed = config(
-                listeners=[{"name": DEDICATED, "bind": BIND, "upstream": "after"}],
-                upstreams={"after": {"endpoints": [upstream.url("")]}},
-            )
-            await reload_applied(sc, path, renamed)
-            await client.send(get("/ok"))
-            second = await client.read_response()
+    async with (
+        running_sidecar_file(path, watch=False) as sc,
+        RawClient(sc.port(DEDICATED)) as client,
+    ):
+        await client.send(get("/ok"))
+        first = await client.read_response()
+        renamed = config(
+            listeners=[{"name": DEDICATED, "bind": BIND, "upstream": "after"}],
+            upstreams={"after": {"endpoints": [upstream.url("")]}},
+        )
+        await reload_applied(sc, path, renamed)
+        await client.send(get("/ok"))
+        second = await client.read_response()
     assert (first.status, first.header("x-sidecar-upstream")) == (200, "before")
     assert (second.status, second.header("x-sidecar-upstream")) == (200, "after")

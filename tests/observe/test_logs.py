@@ -14,6 +14,7 @@ from sidecar.events import (
     AttemptFinished,
     ConfigReloaded,
     ConfigReloadFailed,
+    EndpointHealthChanged,
     Event,
     ListenersClosed,
     ProxyFault,
@@ -258,6 +259,24 @@ def test_access_log_ignores_other_events(event: Event) -> None:
                 "errors": ["sidecar.yaml:3:5: version: must be 1"],
             },
         ),
+        (
+            EndpointHealthChanged(
+                "svc", "http://b:80", False, "3 checks failed (last: status 503)"
+            ),
+            "warning",
+            "endpoint unhealthy",
+            {
+                "upstream": "svc",
+                "endpoint": "http://b:80",
+                "reason": "3 checks failed (last: status 503)",
+            },
+        ),
+        (
+            EndpointHealthChanged("svc", "http://b:80", True, "2 checks passed"),
+            "info",
+            "endpoint healthy",
+            {"upstream": "svc", "endpoint": "http://b:80", "reason": "2 checks passed"},
+        ),
     ],
     ids=[
         "server-started",
@@ -268,6 +287,8 @@ def test_access_log_ignores_other_events(event: Event) -> None:
         "proxy-fault",
         "config-reloaded",
         "config-reload-failed",
+        "endpoint-unhealthy",
+        "endpoint-healthy",
     ],
 )
 def test_event_log_writes_lifecycle_events(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -169,6 +168,19 @@ def test_inflight_reads_source_at_scrape_time(
     assert registry.get_sample_value("sidecar_inflight_requests", {"upstream": "ledger"}) == 0.0
 
 
+def test_endpoint_healthy_reads_source_at_scrape_time(
+    metrics: SidecarMetrics, registry: CollectorRegistry
+) -> None:
+    """`sidecar_endpoint_healthy` is 1 or 0 per checked endpoint, as the source says now."""
+    health = {"http://a:80": True, "http://b:80": False}
+    metrics.set_health_source(lambda: [("svc", url, ok) for url, ok in health.items()])
+    labels = {"upstream": "svc", "endpoint": "http://b:80"}
+    assert registry.get_sample_value("sidecar_endpoint_healthy", labels) == 0.0
+    health["http://b:80"] = True
+    assert registry.get_sample_value("sidecar_endpoint_healthy", labels) == 1.0
+    assert b"# TYPE sidecar_endpoint_healthy gauge" in generate_latest(registry)
+
+
 def test_registering_does_not_call_inflight_source(registry: CollectorRegistry) -> None:
     """Setting the source does not call it; only a scrape does."""
     calls: list[int] = []
@@ -183,33 +195,28 @@ def test_registering_does_not_call_inflight_source(registry: CollectorRegistry) 
     assert calls == [1]
 
 
-def _counting_labels(
-    monkeypatch: pytest.MonkeyPatch, metric: Any, calls: list[tuple[object, ...]]
+def test_identical_events_add_to_one_series_and_histogram_buckets(
+    metrics: SidecarMetrics, registry: CollectorRegistry
 ) -> None:
-    original: Callable[..., Any] = metric.labels
-
-    def spy(*values: object) -> Any:
-        calls.append(values)
-        return original(*values)
-
-    monkeypatch.setattr(metric, "labels", spy)
-
-
-def test_identical_events_reuse_cached_children(
-    metrics: SidecarMetrics, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second event with the same labels skips labels() and increments the cached child."""
-    calls: list[tuple[object, ...]] = []
-    _counting_labels(monkeypatch, metrics._requests, calls)
-    _counting_labels(monkeypatch, metrics._duration, calls)
-    _counting_labels(monkeypatch, metrics._attempts, calls)
+    """Repeated events accumulate in one series; the histogram's buckets are cumulative."""
     for _ in range(3):
         metrics.notify(REQUEST)
         metrics.notify(ATTEMPT)
-    assert len(calls) == 3  # one per metric, on the first event only
-    assert registry.get_sample_value("sidecar_requests_total", request_labels()) == 3.0
     metrics.notify(request(status=404))
-    assert len(calls) == 5  # a new label set binds new children
+    assert registry.get_sample_value("sidecar_requests_total", request_labels()) == 3.0
+    assert registry.get_sample_value("sidecar_requests_total", request_labels(code="404")) == 1.0
+    labels = {"upstream": REQUEST.upstream, "outcome": REQUEST.outcome.value}
+    count = registry.get_sample_value("sidecar_request_duration_seconds_count", labels)
+    inf = registry.get_sample_value(
+        "sidecar_request_duration_seconds_bucket", {**labels, "le": "+Inf"}
+    )
+    smallest = registry.get_sample_value(
+        "sidecar_request_duration_seconds_bucket", {**labels, "le": "0.001"}
+    )
+    assert count == inf
+    assert smallest is not None
+    assert inf is not None
+    assert smallest <= inf
 
 
 def test_lifecycle_events_add_no_samples(

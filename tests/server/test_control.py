@@ -126,6 +126,7 @@ async def test_control_snapshot_has_every_documented_key(rig: Rig) -> None:
     assert [e["url"] for e in svc["endpoints"]] == [ENDPOINT_A, ENDPOINT_B]
     assert svc["endpoints"][0] == {
         "url": ENDPOINT_A,
+        "healthy": True,
         "ejected": False,
         "ejected_until": None,
         "consecutive_failures": 0,
