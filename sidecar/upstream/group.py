@@ -19,7 +19,7 @@ from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
 from sidecar.config import Endpoint, FaultPolicy, UpstreamConfig
 from sidecar.errors import StartupError
-from sidecar.events import Observers
+from sidecar.events import CircuitTransitioned, Observers
 from sidecar.pipeline.faults import FaultInjector
 from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.resilience.budget import RetryBudget
@@ -45,6 +45,7 @@ class Upstream:
     __slots__ = (
         "_balancer",
         "_dynamic",
+        "_inflight",
         "_loop",
         "_loop_guard",
         "_ssl",
@@ -55,7 +56,6 @@ class Upstream:
         "faults",
         "gate",
         "health",
-        "inflight",
         "name",
         "name_bytes",
         "outliers",
@@ -67,6 +67,7 @@ class Upstream:
     )
 
     _ssl: ssl.SSLContext | None
+    _inflight: list[int]
     _balancer: Balancer | None
     _dynamic: OrderedDict[str, EndpointPool]
     pools: list[EndpointPool]
@@ -115,7 +116,9 @@ class Upstream:
             self._balancer = (
                 make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
             )
-        self.inflight = 0
+        # One cell shared with the previous incarnation: requests admitted under the old
+        # config decrement it when they end, so the count stays right across a reload.
+        self._inflight = kept._inflight if kept is not None else [0]
         self.outliers = (
             kept.outliers
             if kept is not None and kept.config.outlier_detection == config.outlier_detection
@@ -139,11 +142,12 @@ class Upstream:
         else:
             self.health, self.probe = None, None
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
-        self.breaker = (
-            kept.breaker
-            if kept is not None and kept.config.circuit_breaker == config.circuit_breaker
-            else CircuitBreaker(config.circuit_breaker, clock)
-        )
+        if kept is not None and kept.config.circuit_breaker == config.circuit_breaker:
+            self.breaker = kept.breaker
+        else:
+            self.breaker = CircuitBreaker(config.circuit_breaker, clock)
+            if kept is not None:
+                _hand_over(kept.breaker, self.breaker, config.name, observers)
         self.budget = (
             kept.budget
             if kept is not None and kept.config.retries.budget == config.retries.budget
@@ -172,6 +176,15 @@ class Upstream:
         # and survive a reload (an operator's rehearsal is not ended by a config edit).
         self.runtime_faults: FaultPolicy | None = previous.runtime_faults if previous else None
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
+
+    @property
+    def inflight(self) -> int:
+        """Requests to this upstream between routing and their end (queued ones included)."""
+        return self._inflight[0]
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        self._inflight[0] = value
 
     def same_endpoints(self, config: UpstreamConfig) -> bool:
         """Whether `config` talks to exactly the endpoints (and TLS settings) this one does."""
@@ -264,6 +277,26 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, endpoints={len(self.pools)}, inflight={self.inflight})"
+
+
+def _hand_over(
+    old: CircuitBreaker, new: CircuitBreaker, upstream: str, observers: Observers
+) -> None:
+    """A breaker rebuilt for a changed policy keeps an operator's forced state, and a visible
+    change of state (an open circuit starting closed) is reported like any transition."""
+    if old.forced is not None:
+        new.force(old.forced)
+    before, after = old.state, new.state
+    if before != after:
+        observers.emit(
+            CircuitTransitioned(
+                upstream,
+                "default",
+                before.value,
+                after.value,
+                "rebuilt by a reload: circuit_breaker policy changed",
+            )
+        )
 
 
 def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
