@@ -16,7 +16,6 @@ from sidecar.clock import Clock, wall_time
 from sidecar.config import RetryPolicy
 from sidecar.errors import BodyStreamError, CircuitOpenError
 from sidecar.events import (
-    CircuitTransitioned,
     Observers,
     RequestRejected,
     RetryBudgetExhausted,
@@ -198,15 +197,7 @@ class AttemptLoop:
 
     def _emit(self, transition: Transition | None) -> None:
         if transition is not None:
-            self._observers.emit(
-                CircuitTransitioned(
-                    self._upstream,
-                    self._route,
-                    transition.from_state.value,
-                    transition.to_state.value,
-                    transition.reason,
-                )
-            )
+            self._observers.emit(transition.event(self._upstream, self._route))
 
     def __repr__(self) -> str:
         return f"AttemptLoop(upstream={self._upstream!r}, route={self._route!r}, breaker={self._breaker!r})"

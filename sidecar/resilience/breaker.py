@@ -19,6 +19,7 @@ from typing import assert_never
 
 from sidecar.clock import Clock
 from sidecar.config import BreakerPolicy, format_duration, format_ratio
+from sidecar.events import CircuitTransitioned
 from sidecar.resilience.window import CallWindow, CountWindow, TimeWindow
 
 
@@ -44,6 +45,12 @@ class Transition:
     to_state: CircuitState
     reason: str
     at: float  # clock time of the change
+
+    def event(self, upstream: str, route: str) -> CircuitTransitioned:
+        """The event the caller emits for this change (the breaker itself emits nothing)."""
+        return CircuitTransitioned(
+            upstream, route, self.from_state.value, self.to_state.value, self.reason
+        )
 
 
 def _percent(ratio: float) -> str:

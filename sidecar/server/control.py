@@ -15,7 +15,7 @@ from typing import Any
 from sidecar import __version__
 from sidecar.clock import Clock, wall_time
 from sidecar.config import FaultPolicy
-from sidecar.events import CircuitTransitioned, Observers
+from sidecar.events import Observers
 from sidecar.observe.stats import RequestStats
 from sidecar.pipeline.route import DEFAULT_ROUTE, Router
 from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Transition
@@ -221,15 +221,7 @@ class Control:
 
     def _emit(self, upstream: str, route: str, transition: Transition | None) -> None:
         if transition is not None:
-            self._observers.emit(
-                CircuitTransitioned(
-                    upstream,
-                    route,
-                    transition.from_state.value,
-                    transition.to_state.value,
-                    transition.reason,
-                )
-            )
+            self._observers.emit(transition.event(upstream, route))
 
     def __repr__(self) -> str:
         return f"Control(router={self._router()!r}, stats={self._stats!r})"

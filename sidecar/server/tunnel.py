@@ -16,7 +16,7 @@ from sidecar.errors import (
     LoopDetectedError,
     UpstreamConnectError,
 )
-from sidecar.events import CircuitTransitioned, RequestRejected
+from sidecar.events import RequestRejected
 from sidecar.pipeline.exchange import Exchange
 from sidecar.resilience.breaker import CircuitBreaker, Permit, Transition
 
@@ -225,12 +225,4 @@ def _record(
 
 def _emit(server: ProxyServer, upstream: str, transition: Transition | None) -> None:
     if transition is not None:
-        server.observers.emit(
-            CircuitTransitioned(
-                upstream,
-                "default",
-                transition.from_state.value,
-                transition.to_state.value,
-                transition.reason,
-            )
-        )
+        server.observers.emit(transition.event(upstream, "default"))
