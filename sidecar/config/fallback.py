@@ -158,7 +158,7 @@ class StaticResponsePolicy(ConfigModel):
         return self
 
     def load_body(self) -> bytes:
-        """The body bytes; the file is read on each call so a reload picks up edits."""
+        """The body bytes, read from `body_file` when set (once per applied config)."""
         if self.body_file is not None:
             return self.body_file.read_bytes()
         return (self.body or "").encode()

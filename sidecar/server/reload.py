@@ -37,6 +37,7 @@ class Reloader:
     """Owns the config generation; one reload at a time."""
 
     __slots__ = (
+        "_bodies",
         "_compile",
         "_listeners",
         "_lock",
@@ -64,6 +65,7 @@ class Reloader:
         self._on_applied = on_applied
         self._lock = asyncio.Lock()
         self.generation = 1
+        self._bodies = body_files(server.config)
 
     async def reload(self) -> ReloadOutcome:
         """Re-read the config file and apply it if it is valid and different."""
@@ -95,7 +97,7 @@ class Reloader:
                     "the file cannot be read; the running config is unchanged",
                 )
             server = self._server
-            if config == server.config:
+            if config == server.config and body_files(config) == self._bodies:
                 return ReloadOutcome(True, self.generation, [], "unchanged")
             return self._apply(config, source)
 
@@ -112,6 +114,7 @@ class Reloader:
             )
         server.apply(config, router)
         old.retire(router)
+        self._bodies = body_files(config)
         if not server.draining:
             router.start_health_checks()  # new or changed ones; kept probes run on
         self._on_applied(config)
@@ -125,6 +128,25 @@ class Reloader:
 
     def __repr__(self) -> str:
         return f"Reloader(path={self.path}, generation={self.generation})"
+
+
+def body_files(config: SidecarConfig) -> dict[Path, tuple[int, int]]:
+    """(mtime, size) of every static `body_file`: an edit to one is a change worth a reload,
+    even when the config file itself is unchanged (the body is read when a config applies)."""
+    policies = [config.defaults.fallback.static]
+    for upstream in config.upstreams.values():
+        policies.append(upstream.fallback.static)
+        policies.extend(route.fallback.static for route in upstream.routes)
+    marks: dict[Path, tuple[int, int]] = {}
+    for static in policies:
+        if static is not None and static.body_file is not None:
+            try:
+                stat = static.body_file.stat()
+            except OSError:
+                marks[static.body_file] = (-1, -1)  # gone: the reload will say so
+            else:
+                marks[static.body_file] = (stat.st_mtime_ns, stat.st_size)
+    return marks
 
 
 def _kept(old: Router, name: str, new: Router) -> bool:

@@ -759,3 +759,31 @@ async def test_reload_retargets_open_connections_of_a_kept_listener(
         second = await client.read_response()
     assert (first.status, first.header("x-sidecar-upstream")) == (200, "before")
     assert (second.status, second.header("x-sidecar-upstream")) == (200, "after")
+
+
+async def test_reload_picks_up_an_edited_static_body_file(tmp_path: Path) -> None:
+    """An edit to a static fallback's `body_file` alone is a change: the next reload serves it."""
+    body = tmp_path / "degraded.json"
+    body.write_text('{"v": 1}')
+    dead = f"http://127.0.0.1:{closed_port()}"
+    text = config(
+        listeners=[{"name": DEDICATED, "bind": BIND, "upstream": "svc"}],
+        upstreams={
+            "svc": {
+                "endpoints": [dead],
+                "retries": ONE_ATTEMPT,
+                "fallback": {"static": {"status": 503, "body_file": str(body)}},
+            }
+        },
+    )
+    path = plain_file(tmp_path, text)
+    async with running_sidecar_file(path, watch=False) as sc:
+        before = await ask(sc, "/x")
+        body.write_text('{"v": 22}')  # a different size, so the change shows whatever the clock
+        outcome = await sc.runtime.reload()
+        after = await ask(sc, "/x")
+        again = await sc.runtime.reload()
+    assert (before.status, before.body) == (503, b'{"v": 1}')
+    assert (outcome.applied, outcome.generation, outcome.message) == (True, 2, "applied")
+    assert (after.status, after.body) == (503, b'{"v": 22}')
+    assert (again.generation, again.message) == (2, "unchanged")
