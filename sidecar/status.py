@@ -219,10 +219,15 @@ def _inflight(upstream: Mapping[str, Any]) -> str:
 
 
 def _ejected(endpoints: object) -> str:
+    """Endpoints out of rotation: ejected by outlier detection or failing health checks."""
     if not isinstance(endpoints, list):
         return "-"
-    ejected = sum(1 for e in endpoints if isinstance(e, dict) and e.get("ejected"))
-    return f"{ejected}/{len(endpoints)}"
+    out = sum(
+        1
+        for e in endpoints
+        if isinstance(e, dict) and (e.get("ejected") or e.get("healthy") is False)
+    )
+    return f"{out}/{len(endpoints)}"
 
 
 def _cache(cache: object) -> str:

@@ -302,3 +302,12 @@ async def test_status_invalid_admin_url_exits_1(capsys: pytest.CaptureFixture[st
     """A malformed `--admin` value exits 1 with a message, not a traceback."""
     assert await run_cli("status", "--admin", "http://127.0.0.1:port") == 1
     assert "http://127.0.0.1:port/state" in capsys.readouterr().err
+
+
+def test_status_counts_unhealthy_endpoints_as_out_of_rotation() -> None:
+    """An endpoint failing active health checks counts in the EJECTED column like an ejected one."""
+    state = copy.deepcopy(SAMPLE)
+    endpoints = state["upstreams"]["catalog"]["endpoints"]
+    endpoints[0]["healthy"] = False
+    (catalog,) = [row for row in rows(state) if row.name == "catalog"]
+    assert catalog.ejected == "1/1"

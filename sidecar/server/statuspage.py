@@ -79,10 +79,14 @@ def _row(name: str, up: dict[str, Any]) -> str:
     if up["queued"]:
         inflight += f" (+{up['queued']} queued)"
     endpoints = up["endpoints"]
-    ejected = [e for e in endpoints if e["ejected"]]
+    # Out of rotation: ejected by outlier detection, or failing active health checks.
+    ejected = [e for e in endpoints if e["ejected"] or e.get("healthy") is False]
     ejected_cell = f"{len(ejected)}/{len(endpoints)}"
     if ejected:
-        items = "".join(f"<li>{_e(e['url'])}</li>" for e in ejected)
+        items = "".join(
+            f"<li>{_e(e['url'])}{' (unhealthy)' if e.get('healthy') is False else ''}</li>"
+            for e in ejected
+        )
         ejected_cell += f'<ul class="ejected">{items}</ul>'
     cache_cell = str(up["cache"]["entries"]) if up["cache"] is not None else DASH
     shown = list(reversed(up["recent_transitions"][-TRANSITIONS_SHOWN:]))
