@@ -286,16 +286,7 @@ def render_rich(state: Mapping[str, Any], console: Console) -> None:
         if row.forced:
             label.stylize("reverse")
         name = Text(f"  └ {row.name}", style="dim") if row.is_route else Text(row.name)
-        table.add_row(
-            name,
-            label,
-            row.requests_per_s,
-            row.error_rate,
-            row.p99,
-            row.inflight,
-            row.ejected,
-            row.cache,
-        )
+        table.add_row(name, label, *_cells(row)[2:])
     console.print(table)
     for note in circuit_notes(state):
         console.print(Text(note, style="yellow"))

@@ -11,6 +11,7 @@ from sidecar.config.address import BindAddress, Endpoint
 from sidecar.config.default import DEFAULT_SOURCE, default_config
 from sidecar.config.failure import FailureKind
 from sidecar.config.fallback import (
+    DEFAULT_SERVE_ON,
     AbortFault,
     CachePolicy,
     DelayFault,
@@ -61,6 +62,7 @@ from sidecar.config.upstream import (
 )
 
 __all__ = [
+    "DEFAULT_SERVE_ON",
     "DEFAULT_SOURCE",
     "AbortFault",
     "AccessLogConfig",

@@ -44,6 +44,16 @@ _FRAMING_HEADERS = frozenset(
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
+# SPEC §3.2's `serve_on`; also what a static-only fallback answers on (it has no cache section).
+DEFAULT_SERVE_ON: tuple[FailureKind, ...] = (
+    FailureKind.CIRCUIT_OPEN,
+    FailureKind.TIMEOUT,
+    FailureKind.CONNECT_FAILURE,
+    FailureKind.RESET,
+    FailureKind.HTTP_5XX,
+    FailureKind.BULKHEAD_FULL,
+)
+
 
 class CachePolicy(ConfigModel):
     """Stale-if-error store: successful responses kept to be served when the upstream fails."""
@@ -64,14 +74,7 @@ class CachePolicy(ConfigModel):
         description="Request headers that partition entries (lowercased); see cache safety.",
     )
     serve_on: FallbackTriggers = Field(
-        default=(
-            FailureKind.CIRCUIT_OPEN,
-            FailureKind.TIMEOUT,
-            FailureKind.CONNECT_FAILURE,
-            FailureKind.RESET,
-            FailureKind.HTTP_5XX,
-            FailureKind.BULKHEAD_FULL,
-        ),
+        default=DEFAULT_SERVE_ON,
         description="Failures and rejections on which a stored response is served.",
     )
 

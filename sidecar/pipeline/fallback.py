@@ -11,7 +11,7 @@ as they stream to the client (`tee`), never delaying them.
 from __future__ import annotations
 
 from sidecar.cache import FallbackStore, Recorder
-from sidecar.config import FailureKind, StaticResponsePolicy
+from sidecar.config import DEFAULT_SERVE_ON, FailureKind, StaticResponsePolicy
 from sidecar.errors import (
     AttemptError,
     BulkheadFullError,
@@ -26,15 +26,6 @@ from sidecar.pipeline.exchange import Exchange, Stage, UpstreamResponse
 from sidecar.wire.flow import BodySink, Producer
 from sidecar.wire.headers import Headers
 
-# Used when only a static response is configured: the SPEC §3.2 default `serve_on`.
-DEFAULT_SERVE_ON: tuple[FailureKind, ...] = (
-    FailureKind.CIRCUIT_OPEN,
-    FailureKind.TIMEOUT,
-    FailureKind.CONNECT_FAILURE,
-    FailureKind.RESET,
-    FailureKind.HTTP_5XX,
-    FailureKind.BULKHEAD_FULL,
-)
 _REJECTIONS: dict[type[ProxyError], FailureKind] = {
     CircuitOpenError: FailureKind.CIRCUIT_OPEN,
     BulkheadFullError: FailureKind.BULKHEAD_FULL,

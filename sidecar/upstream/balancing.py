@@ -46,8 +46,7 @@ class RandomChoice:
         self._rng = rng
 
     def pick(self, avoid: EndpointPool | None = None) -> EndpointPool:
-        candidates = [p for p in self._pools if p is not avoid] or list(self._pools)
-        return self._rng.choice(candidates)
+        return self._rng.choice(_candidates(self._pools, avoid))
 
     def __repr__(self) -> str:
         return f"RandomChoice(endpoints={len(self._pools)})"
@@ -63,7 +62,7 @@ class LeastRequest:
         self._rng = rng
 
     def pick(self, avoid: EndpointPool | None = None) -> EndpointPool:
-        candidates = [p for p in self._pools if p is not avoid] or list(self._pools)
+        candidates = _candidates(self._pools, avoid)
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(candidates, 2)
@@ -71,6 +70,19 @@ class LeastRequest:
 
     def __repr__(self) -> str:
         return f"LeastRequest(endpoints={len(self._pools)})"
+
+
+def _candidates(
+    pools: tuple[EndpointPool, ...], avoid: EndpointPool | None
+) -> Sequence[EndpointPool]:
+    """The pools to choose from: all of them, or all but `avoid` when another one exists.
+
+    Returns the balancer's own tuple in the common case (no `avoid`), so a first attempt
+    allocates nothing.
+    """
+    if avoid is None or len(pools) == 1:
+        return pools
+    return [pool for pool in pools if pool is not avoid] or pools
 
 
 def make_balancer(

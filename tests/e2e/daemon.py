@@ -50,6 +50,24 @@ CLI_TIMEOUT = 20.0
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
+def app_config(admin: int, app: int, upstreams: str) -> str:
+    """Admin on `admin`, listener `app` on `app` for upstream `svc`, no drain delay, then the
+    given `upstreams:` section body (YAML indented by two spaces)."""
+    return f"""\
+version: 1
+admin:
+  bind: 127.0.0.1:{admin}
+listeners:
+  - name: app
+    bind: 127.0.0.1:{app}
+    upstream: svc
+shutdown:
+  drain_delay: 0s
+  drain_timeout: 1s
+upstreams:
+{upstreams}"""
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (bound on port 0, read, closed)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.daemon import Daemon, eventually, fetch, free_port, running_daemon
+from tests.e2e.daemon import Daemon, app_config, eventually, fetch, free_port, running_daemon
 from tests.upstreams import HttpUpstream
 
 pytestmark = pytest.mark.e2e
@@ -19,23 +19,16 @@ OPEN_DURATION = 0.3  # seconds; `open_duration: 300ms` below
 
 
 def breaker_config(admin: int, app: int, upstream: HttpUpstream) -> str:
-    return f"""\
-version: 1
-admin:
-  bind: 127.0.0.1:{admin}
-listeners:
-  - name: app
-    bind: 127.0.0.1:{app}
-    upstream: svc
-shutdown:
-  drain_delay: 0s
-  drain_timeout: 1s
-upstreams:
+    return app_config(
+        admin,
+        app,
+        f"""\
   svc:
     endpoints: [{upstream.url("")}]
     retries: {{max_attempts: 1}}
     circuit_breaker: {{consecutive_failures: 3, open_duration: 300ms, half_open_calls: 1}}
-"""
+""",
+    )
 
 
 def svc_samples(metrics_text: str, name: str, *keys: str) -> dict[tuple[str, ...], float]:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.daemon import eventually, free_port, running_daemon
+from tests.e2e.daemon import app_config, eventually, free_port, running_daemon
 from tests.upstreams import HttpUpstream, pattern_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(15)]
@@ -21,18 +21,10 @@ OPEN_DURATION = 0.3  # seconds; `open_duration: 300ms` below
 
 
 def outage_config(admin: int, app: int, upstream_port: int) -> str:
-    return f"""\
-version: 1
-admin:
-  bind: 127.0.0.1:{admin}
-listeners:
-  - name: app
-    bind: 127.0.0.1:{app}
-    upstream: svc
-shutdown:
-  drain_delay: 0s
-  drain_timeout: 1s
-upstreams:
+    return app_config(
+        admin,
+        app,
+        f"""\
   svc:
     endpoints: [http://127.0.0.1:{upstream_port}]
     retries: {{max_attempts: 1}}
@@ -40,7 +32,8 @@ upstreams:
     circuit_breaker: {{consecutive_failures: 3, open_duration: 300ms, half_open_calls: 1}}
     fallback:
       cache: {{max_stale: 1m}}
-"""
+""",
+    )
 
 
 def circuit_state(metrics_text: str) -> dict[str, float]:

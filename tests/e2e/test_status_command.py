@@ -9,24 +9,17 @@ import sys
 
 import pytest
 
-from tests.e2e.daemon import child_env, fetch, free_port, running_daemon
+from tests.e2e.daemon import app_config, child_env, fetch, free_port, running_daemon
 from tests.upstreams import HttpUpstream
 
 pytestmark = pytest.mark.e2e
 
 
 def _config(admin: int, app: int, upstream: HttpUpstream) -> str:
-    return f"""\
-version: 1
-admin:
-  bind: 127.0.0.1:{admin}
-listeners:
-  - name: app
-    bind: 127.0.0.1:{app}
-    upstream: svc
-shutdown:
-  drain_delay: 0s
-upstreams:
+    return app_config(
+        admin,
+        app,
+        f"""\
   svc:
     endpoints: [{upstream.url("")}]
     retries: {{max_attempts: 1}}
@@ -34,7 +27,8 @@ upstreams:
   reports:
     endpoints: [{upstream.url("")}]
     hosts: [reports.internal]
-"""
+""",
+    )
 
 
 async def _status(admin: int, *args: str) -> tuple[int, str, str]:
