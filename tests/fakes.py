@@ -1,5 +1,6 @@
 """Typed fakes shared by the test suite: a hand-driven clock, an observer that records events,
-and a scripted transport with a recording responder for stage tests.
+a scripted transport with a recording responder for stage tests, and an in-memory socket
+transport for driving the protocol classes byte by byte.
 
 Fakes stand in for the seams of `sidecar` (`Clock`, `Observer`, `Transport`, `Responder`); they
 do no I/O and never wait on real time, so policy and stage tests stay deterministic and fast.
@@ -25,6 +26,7 @@ from sidecar.wire.headers import Headers
 
 __all__ = [
     "FakeClock",
+    "MemoryTransport",
     "NullProducer",
     "RecordingObserver",
     "RecordingResponder",
@@ -449,6 +451,130 @@ class NullProducer:
 
     def __repr__(self) -> str:
         return f"NullProducer(paused={self.paused})"
+
+
+class MemoryTransport:
+    """The part of `asyncio.Transport` the sidecar's protocols use, recorded in memory.
+
+    Drive a protocol byte by byte as uvicorn's protocol tests do: feed it with
+    `protocol.data_received(...)`, then assert on `written`, `reading_paused`, `closed` and
+    `aborted`. `close()` delivers `connection_lost(None)` on the next loop turn, as a socket
+    would; `abort()` does it too, with the transport marked aborted. Writes after a close are
+    kept apart in `written_after_close` so a test can prove nothing leaked past the end.
+    """
+
+    __slots__ = (
+        "_lost",
+        "_protocol",
+        "aborted",
+        "closed",
+        "eof_written",
+        "pause_count",
+        "peername",
+        "reading_paused",
+        "write_buffer_size",
+        "written",
+        "written_after_close",
+    )
+
+    def __init__(
+        self, protocol: asyncio.Protocol, peername: tuple[str, int] = ("127.0.0.1", 50000)
+    ) -> None:
+        self._protocol = protocol
+        self._lost = False
+        self.peername = peername
+        self.written = bytearray()
+        self.written_after_close = bytearray()
+        self.reading_paused = False
+        self.pause_count = 0  # pause_reading() calls that changed the state
+        self.closed = False
+        self.aborted = False
+        self.eof_written = False
+        self.write_buffer_size = 0
+
+    # -- asyncio.Transport -------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            self.written_after_close += data
+        else:
+            self.written += data
+
+    def writelines(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.pause_count += 1
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused and not self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self._connection_lost)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return self.write_buffer_size
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peername if name == "peername" else default
+
+    # -- test controls --------------------------------------------------------------------
+
+    def take_written(self) -> bytes:
+        """What the protocol wrote since the last call (and forget it)."""
+        data = bytes(self.written)
+        self.written.clear()
+        return data
+
+    def peer_resets(self, exc: Exception | None = None) -> None:
+        """The peer closed (None) or reset (an `OSError`) the connection: `connection_lost`."""
+        self.closed = True
+        self._connection_lost(exc)
+
+    def fill_write_buffer(self) -> None:
+        """The peer stopped reading: the protocol is told to pause writing."""
+        self.write_buffer_size = 1 << 20
+        self._protocol.pause_writing()
+
+    def drain_write_buffer(self) -> None:
+        """The peer read everything: the protocol is told to resume writing."""
+        self.write_buffer_size = 0
+        self._protocol.resume_writing()
+
+    def _connection_lost(self, exc: Exception | None = None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._protocol.connection_lost(exc)
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryTransport(written={len(self.written)}, paused={self.reading_paused}, "
+            f"closed={self.closed}, aborted={self.aborted})"
+        )
 
 
 async def eventually(condition: Callable[[], bool], within: float = 1.0) -> None:
