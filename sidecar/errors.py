@@ -104,9 +104,20 @@ class RateLimitedError(ProxyError):
 
 
 class AttemptError(ProxyError):
-    """One attempt to an endpoint failed before a usable response; `result` classifies it."""
+    """One attempt to an endpoint failed before a usable response; `result` classifies it.
+
+    `upstream_fault` is False when the failure says nothing about the upstream's health (a
+    pooled keep-alive connection the server had closed while idle, reset before any response
+    byte): the client still gets the error, but the breaker and outlier detection ignore it.
+    """
 
     result: AttemptResult = AttemptResult.RESET
+
+    def __init__(
+        self, detail: str, *, retry_after: float | None = None, upstream_fault: bool = True
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.upstream_fault = upstream_fault
 
 
 class UpstreamConnectError(AttemptError, ConnectionError):
@@ -144,6 +155,9 @@ class UpstreamProtocolError(AttemptError):
 class BodyStreamError(SidecarError):
     """A body failed after the response head was sent: the client connection must be closed."""
 
-    def __init__(self, detail: str, result: AttemptResult) -> None:
+    def __init__(self, detail: str, result: AttemptResult, *, upstream_fault: bool = True) -> None:
         super().__init__(detail)
         self.result = result
+        # False when the sidecar or the client broke the body off (a client too slow to
+        # read): outlier detection must not blame the endpoint for it.
+        self.upstream_fault = upstream_fault
