@@ -35,6 +35,7 @@ __all__ = [
     "ScriptedTransport",
     "SentRequest",
     "Step",
+    "StreamingResponse",
     "TruncatedResponse",
     "eventually",
 ]
@@ -228,7 +229,67 @@ class TruncatedResponse:
         return f"TruncatedResponse({self.status}, {len(self.sent)}/{self.content_length}B)"
 
 
-ScriptedOutcome = ScriptedResponse | TruncatedResponse | AttemptError
+class StreamingResponse:
+    """An `UpstreamResponse` whose head has arrived and whose body is still to come.
+
+    The body (`body`) streams once the test sets `more` (a long poll, a download); with
+    `breaks` it then breaks off as a reset would, after the bytes it had. `streaming` is set
+    while a sink is reading it.
+    """
+
+    __slots__ = (
+        "body",
+        "breaks",
+        "content_length",
+        "discarded",
+        "has_body",
+        "headers",
+        "more",
+        "reason",
+        "released",
+        "status",
+        "streaming",
+    )
+
+    def __init__(self, body: bytes, *, breaks: bool = False, status: int = 200) -> None:
+        self.status = status
+        self.reason = b""
+        self.headers: Headers = []
+        self.body = body
+        self.breaks = breaks
+        self.content_length: int | None = len(body) + (1 if breaks else 0)
+        self.has_body = True
+        self.more = asyncio.Event()
+        self.streaming = asyncio.Event()
+        self.released = False
+        self.discarded = False
+
+    @property
+    def body_complete(self) -> bool:
+        return False
+
+    def take_buffered_body(self) -> list[bytes]:
+        return []
+
+    async def stream_to(self, sink: BodySink) -> None:
+        self.streaming.set()
+        await self.more.wait()
+        sink.write_body(self.body)
+        if self.breaks:
+            raise BodyStreamError("scripted reset mid-body", AttemptResult.RESET)
+        sink.end_body()
+
+    def discard(self) -> None:
+        self.discarded = True
+
+    def release(self) -> None:
+        self.released = True
+
+    def __repr__(self) -> str:
+        return f"StreamingResponse({self.status}, streaming={self.streaming.is_set()})"
+
+
+ScriptedOutcome = ScriptedResponse | TruncatedResponse | StreamingResponse | AttemptError
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +360,10 @@ class ScriptedTransport:
     def add(self, *steps: ScriptedOutcome | Step) -> None:
         """Append steps to the script."""
         self._script.extend(step if isinstance(step, Step) else Step(step) for step in steps)
+
+    def clear(self) -> None:
+        """Drop the steps not used yet (a request the breaker refused never sent its own)."""
+        self._script.clear()
 
     @property
     def calls(self) -> int:
@@ -594,6 +659,9 @@ def _check_stage_protocols(
     response: ScriptedResponse,
     producer: NullProducer,
     truncated: TruncatedResponse,
-) -> tuple[Transport, Responder, UpstreamResponse, Producer, BodySink, UpstreamResponse]:
+    streaming: StreamingResponse,
+) -> tuple[
+    Transport, Responder, UpstreamResponse, Producer, BodySink, UpstreamResponse, UpstreamResponse
+]:
     """Never called: lets mypy prove the stage fakes satisfy the protocols they stand in for."""
-    return transport, responder, response, producer, _Collector(), truncated
+    return transport, responder, response, producer, _Collector(), truncated, streaming

@@ -23,7 +23,16 @@ from sidecar.upstream.pool import EndpointPool
 class Attempt:
     """What one attempt produced: a response head, or the error that ended it."""
 
-    __slots__ = ("elapsed", "error", "finished", "pool", "response", "result", "status")
+    __slots__ = (
+        "elapsed",
+        "error",
+        "finished",
+        "pool",
+        "response",
+        "result",
+        "status",
+        "upstream_fault",
+    )
 
     def __init__(
         self,
@@ -40,10 +49,14 @@ class Attempt:
         if response is not None:
             self.status = response.status
             self.result = classify_status(response.status)
+            self.upstream_fault = True
         else:
             assert error is not None
             self.status = 0
             self.result = error.result
+            # False: the failure was not the upstream's (a stale pooled connection); the
+            # breaker and outlier detection hear nothing of it.
+            self.upstream_fault = error.upstream_fault
 
     @property
     def retry_reason(self) -> str:
@@ -136,13 +149,14 @@ class Forwarder:
         assert response is not None
         if exchange.fallback is not None:
             response = exchange.fallback.tee(exchange, response)
-        # Recorded once the body is over: a body that breaks off (idle timeout, reset)
-        # makes the attempt a failure after all (SPEC §4.3). The duration is to the head.
+        # The breaker judged the attempt at its head; a body that breaks off (idle timeout,
+        # reset) still makes it a failure for outlier detection, unless the client broke it.
         exchange.outcome = outcome_for_status(response.status)
         try:
             await exchange.responder.relay(exchange, response)
         except BodyStreamError as error:
             attempt.result = error.result
+            attempt.upstream_fault = error.upstream_fault
             raise
         finally:
             response.release()
@@ -168,7 +182,10 @@ class Forwarder:
         pool = attempt.pool
         pool.inflight -= 1
         upstream = self._upstream
-        ejection = upstream.outliers.record(pool.label, attempt.result is not AttemptResult.SUCCESS)
+        ejection = None
+        if attempt.upstream_fault:
+            failed = attempt.result is not AttemptResult.SUCCESS
+            ejection = upstream.outliers.record(pool.label, failed)
         if ejection is not None:
             self._observers.emit(
                 EndpointEjected(

@@ -1,6 +1,6 @@
 """The attempt loop (SPEC §4.1 steps 3–5): breaker permit, attempt, classify, record, retry.
 
-Every attempt is one call for the breaker. A failed attempt is retried only when all of
+Every attempt is one call for the breaker, judged at its response head. A failed attempt is retried only when all of
 these hold: its outcome is in `retries.on`; the method is retryable (or nothing was sent);
 the body can be replayed; attempts remain; the breaker is closed and the request is not a
 half-open trial; the `total` deadline leaves time for the backoff; the retry budget has
@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from sidecar.clock import Clock, wall_time
 from sidecar.config import RetryPolicy
-from sidecar.errors import BodyStreamError, CircuitOpenError
+from sidecar.errors import CircuitOpenError
 from sidecar.events import (
     Observers,
     RequestRejected,
@@ -25,7 +25,7 @@ from sidecar.outcome import AttemptResult, FailureMatcher
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.forward import Attempt, Forwarder
 from sidecar.resilience.backoff import Backoff, parse_retry_after
-from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Permit, Transition
+from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Transition
 from sidecar.resilience.budget import RetryBudget
 
 # Methods the client may make retryable with an Idempotency-Key header.
@@ -79,65 +79,61 @@ class AttemptLoop:
         self._observers = observers
 
     async def __call__(self, exchange: Exchange) -> None:
-        breaker = self._breaker
-        forwarder = self._forwarder
         self._budget.record_request()
         body = exchange.body
         if body is not None and self._policy.max_attempts > 1:
             body.retain_limit = self._policy.buffer_limit
         last: Attempt | None = None
         while True:
-            permit = breaker.try_acquire()
-            self._emit(breaker.take_transition())
-            if permit is None:
-                self._refuse(last)
-            try:
-                attempt = await forwarder.send(exchange, last.pool if last is not None else None)
-            except BaseException:
-                breaker.release(permit)  # cancelled: the call never completed
-                raise
-            failed = self._breaker_failures.matches(attempt.result, attempt.status)
-            if failed:
-                self._emit(breaker.record(permit, True, attempt.elapsed))
+            attempt, trial = await self._attempt(exchange, last)
             last = attempt
-            delay = self._retry_delay(exchange, attempt, permit.trial)
+            delay = self._retry_delay(exchange, attempt, trial)
             if delay is None:
                 break
-            if not failed:
-                self._emit(breaker.record(permit, False, attempt.elapsed))
-            forwarder.discard(exchange, attempt)
+            self._forwarder.discard(exchange, attempt)
             self._observers.emit(RetryScheduled(self._upstream, attempt.retry_reason, delay))
             await self._clock.sleep(delay)
-        await self._commit(exchange, last, None if failed else permit)
+        await self._commit(exchange, last)
 
-    async def _commit(self, exchange: Exchange, attempt: Attempt, permit: Permit | None) -> None:
-        """Answer with the final attempt; a successful head is recorded once its body ended.
+    async def _attempt(self, exchange: Exchange, last: Attempt | None) -> tuple[Attempt, bool]:
+        """One attempt under a breaker permit; returns it and whether it was a half-open trial.
 
-        `permit` is still to be recorded (the head looked successful): a body that breaks off
-        after it makes the call a failure for the breaker too (SPEC §4.3).
+        The permit lives and dies here, so no path can leave it out: the call is judged the
+        moment its response head (or its failure) is known, as `slow_call_duration` already
+        is, and a permit whose call never completed (cancelled: the client went away) or whose
+        failure says nothing about the upstream is handed back unjudged. A long or streaming
+        body therefore never holds a half-open trial slot; if it breaks off later, outlier
+        detection still hears of it through the attempt's result.
         """
         breaker = self._breaker
+        permit = breaker.try_acquire()
+        self._emit(breaker.take_transition())
+        if permit is None:
+            self._refuse(last)
+        try:
+            attempt = await self._forwarder.send(exchange, last.pool if last is not None else None)
+        except BaseException:
+            breaker.release(permit)  # cancelled, or a bug: the call never completed
+            raise
+        if attempt.upstream_fault:
+            # What `failure_on` does not list counts as a success, as in resilience4j: a
+            # timeout with `failure_on: [5xx]` is a call the upstream answered well enough.
+            failed = self._breaker_failures.matches(attempt.result, attempt.status)
+            self._emit(breaker.record(permit, failed, attempt.elapsed))
+        else:
+            breaker.release(permit)
+        return attempt, permit.trial
+
+    async def _commit(self, exchange: Exchange, attempt: Attempt) -> None:
+        """Answer with the final attempt: its failure, a fallback in place of it, or its body."""
         if attempt.response is None:
             assert attempt.error is not None
             raise attempt.error
         fallback = exchange.fallback
         if fallback is not None and fallback.answers_response(exchange, attempt.status):
             self._forwarder.discard(exchange, attempt)
-            if permit is not None:
-                self._emit(breaker.record(permit, False, attempt.elapsed))
             return
-        try:
-            await self._forwarder.relay(exchange, attempt)
-        except BodyStreamError:
-            if permit is not None:
-                self._emit(breaker.record(permit, True, attempt.elapsed))
-            raise
-        except BaseException:
-            if permit is not None:
-                breaker.release(permit)  # the client went away: no verdict on the upstream
-            raise
-        if permit is not None:
-            self._emit(breaker.record(permit, False, attempt.elapsed))
+        await self._forwarder.relay(exchange, attempt)
 
     def _refuse(self, last: Attempt | None) -> NoReturn:
         """No permit: answer with the last failure if one is at hand, else `circuit_open`."""

@@ -540,13 +540,13 @@ async def test_retry_half_open_admits_only_its_trials_then_closes() -> None:
         hold.set()
         assert (await trial).body == b"trial"
         assert (await chain.call()).body == b"after"
-        # A successful head is judged once its body has reached the client, so the trial's
-        # attempt finishes before the breaker closes.
+        # The call is judged at its response head, so the breaker closes before the trial's
+        # body has been relayed and its attempt finishes.
         assert chain.events == [
             transition("open", "half_open", "open duration 1s elapsed"),
             RequestRejected(SVC, "circuit_open"),
-            finished(SUCCESS),
             transition("half_open", "closed", "1 half-open trial succeeded"),
+            finished(SUCCESS),
             finished(SUCCESS),
         ]
 
