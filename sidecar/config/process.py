@@ -89,6 +89,10 @@ class LimitsConfig(ConfigModel):
     max_header_bytes: Size = Field(
         default=64 << 10, description="Request line + headers (else 431)."
     )
+    keepalive_timeout: PositiveDuration = Field(
+        default=60.0,
+        description="A keep-alive client connection with no request for this long is closed.",
+    )
 
 
 class AccessLogConfig(ConfigModel):

@@ -109,6 +109,7 @@ class Exchange:
         "path",
         "request_id",
         "request_id_generated",
+        "requires_tls",
         "responder",
         "route",
         "started",
@@ -151,6 +152,7 @@ class Exchange:
         self.content_length = content_length
         self.head_only = method == b"HEAD"
         self.idempotency_key = False  # the client marked a POST/PATCH as safe to retry
+        self.requires_tls = False  # an `https://` URL: never sent upstream in cleartext
         self.listener = listener
         self.responder = responder
         self.client_http11 = client_http11

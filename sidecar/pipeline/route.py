@@ -25,6 +25,10 @@ from sidecar.upstream.loopguard import LoopGuard
 
 OVERFLOW_UPSTREAM = "other"
 DEFAULT_ROUTE = "default"
+# Implicit upstreams for `https://` URLs are named `https:host:port`: apart from the
+# cleartext one of the same authority (a host never contains `:`), and no `/` in the name,
+# which the admin API's paths carry.
+TLS_PREFIX = "https:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +178,22 @@ class Router:
             if name == OVERFLOW_UPSTREAM:
                 config = self._config.implicit_upstream(OVERFLOW_UPSTREAM, None)
             else:
-                if name in self._by_authority or name.rpartition(":")[0] in self._by_host:
+                tls = name.startswith(TLS_PREFIX)
+                authority = name.removeprefix(TLS_PREFIX)
+                if authority in self._by_authority or authority.rpartition(":")[0] in self._by_host:
                     continue  # now claimed by a configured upstream
-                config = self._config.implicit_upstream(name, Endpoint.parse(f"http://{name}"))
+                config = self._config.implicit_upstream(name, _implicit_endpoint(authority, tls))
             self._implicit[name] = self._compile(config, old)
 
     def dedicated(self, name: str) -> Upstream:
         return self.upstreams[name]
 
-    def by_authority(self, authority: str) -> Upstream:
-        """The upstream claiming `host:port` (normalised), or an implicit one, or 403."""
+    def by_authority(self, authority: str, *, tls: bool = False) -> Upstream:
+        """The upstream claiming `host:port` (normalised), or an implicit one, or 403.
+
+        `tls`: the client asked for `https://`; an implicit upstream made for it originates
+        TLS (verified against the system trust store), kept apart from the cleartext one.
+        """
         upstream = self._by_authority.get(authority)
         if upstream is not None:
             return upstream
@@ -193,10 +203,11 @@ class Router:
             return upstream
         if self._config.forward.unknown_hosts == UnknownHosts.DENY:
             raise UnknownUpstreamError(f"no upstream is configured for host {host!r}")
-        return self._implicit_upstream(authority)
+        return self._implicit_upstream(authority, tls)
 
-    def _implicit_upstream(self, authority: str) -> Upstream:
-        upstream = self._implicit.get(authority)
+    def _implicit_upstream(self, authority: str, tls: bool) -> Upstream:
+        name = TLS_PREFIX + authority if tls else authority
+        upstream = self._implicit.get(name)
         if upstream is not None:
             return upstream
         if len(self._implicit) >= self._config.forward.max_implicit_upstreams:
@@ -206,10 +217,9 @@ class Router:
                 upstream = self._compile(config)
                 self._implicit[OVERFLOW_UPSTREAM] = upstream
             return upstream
-        endpoint = Endpoint.parse(f"http://{authority}")
-        config = self._config.implicit_upstream(authority, endpoint)
+        config = self._config.implicit_upstream(name, _implicit_endpoint(authority, tls))
         upstream = self._compile(config)
-        self._implicit[authority] = upstream
+        self._implicit[name] = upstream
         return upstream
 
     def all_upstreams(self) -> list[Upstream]:
@@ -318,6 +328,10 @@ class Router:
 
 def old_upstream_breaker(previous: Upstream | None) -> CircuitBreaker | None:
     return previous.breaker if previous is not None else None
+
+
+def _implicit_endpoint(authority: str, tls: bool) -> Endpoint:
+    return Endpoint.parse(f"{'https' if tls else 'http'}://{authority}")
 
 
 def _has_port(host: str) -> bool:

@@ -26,18 +26,12 @@ from sidecar.pipeline.route import normalise_authority
 from sidecar.server.errorpage import render_error
 from sidecar.server.tunnel import Tunnel
 from sidecar.wire.body import RequestBody
-from sidecar.wire.flow import Producer
+from sidecar.wire.flow import Pausers, Producer
 from sidecar.wire.framing import CRLF, HTTP_DATE, LAST_CHUNK, chunk, reason
 from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens
 
 if TYPE_CHECKING:
     from sidecar.server.proxy import ListenerState, ProxyServer
-
-# Phases of the connection, which decide what the connection timer enforces.
-_FIRST, _KEEPALIVE, _HEAD, _ACTIVE = range(4)
-
-# A keep-alive connection with no request for this long is closed (Envoy's default idle).
-KEEPALIVE_IDLE = 3600.0
 
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -49,30 +43,34 @@ class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "_authority_header",
         "_body",
+        "_body_pausers",
         "_chunked_out",
+        "_client_eof",
         "_close_after",
         "_connection_named",
         "_content_length",
         "_current",
+        "_deferred",
         "_expect_continue",
         "_forward",
         "_has_te",
         "_head_seen",
         "_head_sent",
         "_head_size",
+        "_head_started",
         "_host_count",
         "_idempotency_key",
+        "_idle_since",
         "_listener",
         "_loop",
         "_parser",
-        "_paused_for_body",
+        "_parsing",
         "_paused_for_queue",
-        "_phase",
-        "_phase_started",
         "_producer",
         "_queue",
         "_reading_paused",
         "_request_id",
+        "_served",
         "_server",
         "_task",
         "_timer",
@@ -89,9 +87,17 @@ class DownstreamProtocol(asyncio.Protocol):
         self._loop = server.loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._phase = _FIRST
-        self._phase_started = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # What the connection timer enforces (see `_on_timer`): a head in progress since
+        # `_head_started`, else no request since `_idle_since` (`_served`: after one answer).
+        self._head_started: float | None = None
+        self._idle_since = 0.0
+        self._served = False
+        self._parsing: Exchange | None = None  # the request whose body is being received
+        # A request refused behind others in flight: its answer (error, method for the log)
+        # waits for its turn, and nothing more is read meanwhile.
+        self._deferred: tuple[ProxyError, str] | None = None
+        self._client_eof = False
         self._queue: deque[Exchange] = deque()
         self._current: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +105,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._producer: Producer | None = None
         self._write_paused = False
         self._reading_paused = False
-        self._paused_for_body = False
+        self._body_pausers = Pausers()  # who paused reading for the request body
         self._paused_for_queue = False
         self._head_sent = False
         self._chunked_out = False
@@ -128,9 +134,9 @@ class DownstreamProtocol(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._server.connection_opened(self)
-        self._phase_started = self._loop.time()
+        self._idle_since = self._loop.time()
         self._timer = self._loop.call_at(
-            self._phase_started + self._server.limits.header_timeout, self._on_timer
+            self._idle_since + self._server.limits.header_timeout, self._on_timer
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -149,7 +155,7 @@ class DownstreamProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request in progress: safe to close when draining."""
-        return self._current is None and self._phase in (_FIRST, _KEEPALIVE)
+        return self._current is None and self._head_started is None
 
     def close(self) -> None:
         if self._transport is not None:
@@ -161,9 +167,12 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.to_upstream(data)
             return
-        if self._close_after and self._current is None:
-            return
-        if self._phase == _HEAD:
+        if self._deferred is not None or (self._close_after and self._current is None):
+            return  # the connection ends after the answers due: what follows is never parsed
+        if self._head_started is not None:
+            # Every head is held to the limit, whatever is in flight before it. A read that
+            # starts a head is counted from the next one (the offset of the head in it is
+            # unknown); complete lines are counted exactly by on_url and on_header.
             self._head_seen += len(data)
         try:
             self._parser.feed_data(data)
@@ -178,7 +187,10 @@ class DownstreamProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(BadRequestError(f"malformed request: {_parser_message(exc)}"))
         else:
-            if self._phase == _HEAD and self._head_seen > self._server.limits.max_header_bytes:
+            if (
+                self._head_started is not None
+                and self._head_seen > self._server.limits.max_header_bytes
+            ):
                 self._reject(
                     HeadersTooLargeError("request line and headers are over the size limit")
                 )
@@ -187,11 +199,25 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.downstream_eof()
             return True
-        # A half-close after a complete request still gets its answer (HTTP/1.0 clients do it).
-        return self._current is not None
+        # The client sends nothing more (HTTP/1.0 clients half-close after their request).
+        # What it sent in full is answered, then the connection closes: left half-open it
+        # would sit in CLOSE-WAIT, counted against max_connections, until the idle timeout.
+        self._client_eof = True
+        self._head_started = None  # an unfinished head can never complete
+        parsing = self._parsing
+        if parsing is not None:  # a body cut short: that request can never be complete
+            if parsing is self._current:
+                self.close()  # connection_lost cancels its attempt
+                return True
+            self._queue.pop()  # queued and never started: dropped
+            self._parsing = None
+        if self._current is None:
+            self.close()
+            return False
+        return True
 
     def on_message_begin(self) -> None:
-        self._set_phase(_HEAD)
+        self._head_started = self._loop.time()
         self._head_seen = 0
 
     def on_url(self, url: bytes) -> None:
@@ -202,7 +228,7 @@ class DownstreamProtocol(asyncio.Protocol):
             raise HeadersTooLargeError("request line and headers are over the size limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._phase != _HEAD:
+        if self._head_started is None:
             return  # chunked trailers: never forwarded
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._server.limits.max_header_bytes:
@@ -242,8 +268,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self._head_started = None
         exchange = self._build_exchange()
-        self._set_phase(_ACTIVE)
+        self._parsing = exchange
         if self._current is None:
             self._start(exchange)
         else:
@@ -255,6 +282,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._body.feed(body)
 
     def on_message_complete(self) -> None:
+        self._parsing = None
         if self._body is not None:
             self._body.finish()
         self._reset_request_state()
@@ -286,13 +314,12 @@ class DownstreamProtocol(asyncio.Protocol):
         has_body = self._has_te or bool(self._content_length)
         if self._upgrade and has_body:
             raise BadRequestError("an upgrade request must not carry a body")
-        if self._connection_named:
+        named = self._connection_named
+        if named:
             self._forward = [
-                line
-                for line in self._forward
-                if line.split(b":", 1)[0].lower() not in self._connection_named
+                line for line in self._forward if line.split(b":", 1)[0].lower() not in named
             ]
-        target, authority, host_header = self._resolve_target(method, version)
+        target, authority, host_header, tls = self._resolve_target(method, version)
         server = self._server
         if self._request_id:
             request_id, generated = self._request_id.decode("latin-1"), False
@@ -324,16 +351,22 @@ class DownstreamProtocol(asyncio.Protocol):
             started=now,
             wall_started=wall_time(),
         )
-        exchange.idempotency_key = self._idempotency_key
+        # Judged on what is forwarded: a key the client's Connection header names is removed
+        # as hop-by-hop, and the upstream cannot deduplicate by a key it never sees.
+        exchange.idempotency_key = self._idempotency_key and not (
+            named and b"idempotency-key" in named
+        )
+        exchange.requires_tls = tls
         return exchange
 
-    def _resolve_target(self, method: bytes, version: str) -> tuple[bytes, str, bytes | None]:
-        """Origin-form target to forward, the normalised authority, and the Host to send."""
+    def _resolve_target(self, method: bytes, version: str) -> tuple[bytes, str, bytes | None, bool]:
+        """Origin-form target to forward, the normalised authority, the Host to send, and
+        whether the client asked for `https://` (then the request never leaves in cleartext)."""
         url = self._url
         host = self._authority_header
         if method == b"CONNECT":
             try:
-                return url, normalise_authority(url, 443), None
+                return url, normalise_authority(url, 443), None, False
             except ValueError:
                 raise BadRequestError("CONNECT needs a host:port target") from None
         if url.startswith(b"/") or url == b"*":
@@ -343,7 +376,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 authority = normalise_authority(host, 80) if host else ""
             except ValueError:
                 raise BadRequestError("the Host header is not a valid authority") from None
-            return url, authority, host or None
+            return url, authority, host or None, False
         # Absolute form (a forward-proxy request): scheme://authority/path?query
         scheme_end = url.find(b"://")
         scheme = url[:scheme_end].lower()
@@ -364,7 +397,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 raise BadRequestError("the Host header disagrees with the URL authority")
         except ValueError:
             raise BadRequestError("the URL authority is not a valid host[:port]") from None
-        return path, authority, host or raw_authority
+        return path, authority, host or raw_authority, scheme == b"https"
 
     def _start(self, exchange: Exchange) -> None:
         self._current = exchange
@@ -405,7 +438,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         status = response.status
         exchange.status = status
-        client_keeps_alive = exchange.client_keep_alive and not self._server.draining
+        client_keeps_alive = self._keeps_alive(exchange)
         parts = [_status_line(status, response.reason)]
         for name, value in response.headers:
             parts.append(name + b": " + value + CRLF)
@@ -460,8 +493,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if transport is None:
             return
         exchange.status = status
-        keep_alive = exchange.client_keep_alive and not self._server.draining
-        close = not keep_alive or self._body_unread(exchange)
+        close = not self._keeps_alive(exchange) or self._body_unread(exchange)
         parts = [_status_line(status, reason(status))]
         for name, value in headers:
             if name not in HOP_BY_HOP:
@@ -490,9 +522,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def send_error(self, exchange: Exchange, error: ProxyError) -> None:
         """A generated answer (SPEC §4.6) for an exchange whose head was not yet sent."""
         upstream = exchange.upstream.name if exchange.upstream is not None else ""
-        close = (
-            not exchange.client_keep_alive or self._server.draining or self._body_unread(exchange)
-        )
+        close = not self._keeps_alive(exchange) or self._body_unread(exchange)
         status, payload = render_error(
             error,
             upstream=upstream,
@@ -516,7 +546,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def finished(self, exchange: Exchange) -> None:
-        """The handler is done with `exchange`: start the next one or close."""
+        """The handler is done with `exchange`: start the next one, or refuse, or close."""
         self._current = None
         self._task = None
         transport = self._transport
@@ -532,11 +562,28 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self._queue:
             self._start(self._queue.popleft())
-            if not self._queue:
+            if not self._queue and self._deferred is None:
                 self._set_paused(queue=False)
             return
-        self._set_phase(_KEEPALIVE)
+        if self._deferred is not None:  # a refused request's turn has come: answer, close
+            error, method = self._deferred
+            self._refuse(error, method, answer=True)
+            transport.close()
+            return
+        if self._client_eof:  # every request the client sent is answered
+            transport.close()
+            return
+        self._served = True
+        self._idle_since = self._loop.time()
         self._set_paused(queue=False)
+
+    def _keeps_alive(self, exchange: Exchange) -> bool:
+        """Whether the connection stays open after this answer (its head says so)."""
+        return (
+            exchange.client_keep_alive
+            and not self._server.draining
+            and not (self._client_eof and not self._queue and self._deferred is None)
+        )
 
     def _body_unread(self, exchange: Exchange) -> bool:
         body = exchange.body
@@ -561,38 +608,52 @@ class DownstreamProtocol(asyncio.Protocol):
             self._transport.write(LAST_CHUNK)
 
     def set_producer(self, producer: Producer | None) -> None:
+        """The upstream whose reading this client's socket buffer throttles, or None.
+
+        Letting go of a producer releases the pause this side holds on it, so a response
+        that ends while the client is slow leaves its upstream connection reading (and
+        reusable), not paused forever.
+        """
+        previous = self._producer
+        if previous is producer:
+            return
         self._producer = producer
-        if producer is not None and self._write_paused:
-            producer.pause_reading()
+        if self._write_paused:
+            if previous is not None:
+                previous.resume_reading(self)
+            if producer is not None:
+                producer.pause_reading(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._tunnel is not None:
             self._tunnel.pause_upstream()
         elif self._producer is not None:
-            self._producer.pause_reading()
+            self._producer.pause_reading(self)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._tunnel is not None:
             self._tunnel.resume_upstream()
         elif self._producer is not None:
-            self._producer.resume_reading()
+            self._producer.resume_reading(self)
 
     # ---- Producer: the request body from the client ---------------------------------------------
 
-    def pause_reading(self) -> None:
-        self._set_paused(body=True)
+    def pause_reading(self, by: object) -> None:
+        """`by` (the request body, or the upstream connection sending it) is full."""
+        if self._body_pausers.add(by):
+            self._set_paused()
 
-    def resume_reading(self) -> None:
-        self._set_paused(body=False)
+    def resume_reading(self, by: object) -> None:
+        """`by` lets go of its pause; the socket reads again once no one holds one."""
+        if self._body_pausers.discard(by):
+            self._set_paused()
 
-    def _set_paused(self, *, body: bool | None = None, queue: bool | None = None) -> None:
-        if body is not None:
-            self._paused_for_body = body
+    def _set_paused(self, *, queue: bool | None = None) -> None:
         if queue is not None:
             self._paused_for_queue = queue
-        want = self._paused_for_body or self._paused_for_queue
+        want = bool(self._body_pausers) or self._paused_for_queue
         transport = self._transport
         if transport is None or want == self._reading_paused:
             return
@@ -604,51 +665,81 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ---- timers and rejection ------------------------------------------------------------------------
 
-    def _set_phase(self, phase: int) -> None:
-        self._phase = phase
-        self._phase_started = self._loop.time()
-
     def _on_timer(self) -> None:
-        """One timer per connection, re-armed only when it fires (never per request)."""
+        """One timer per connection, re-armed only when it fires (never per request).
+
+        It fires at least every `header_timeout`, so a head that starts at any moment (on a
+        new connection, after a keep-alive pause, or behind requests in flight) is held to
+        `header_timeout` from its first byte. With nothing in flight and no head started, the
+        connection closes after `header_timeout` if it never sent a request, else after
+        `keepalive_timeout`. Requests in flight are bounded by their route's timeouts.
+        """
         self._timer = None
-        if self._transport is None:
-            return
-        phase = self._phase
+        transport = self._transport
+        if transport is None or self._deferred is not None:
+            return  # closed, or closing once the answers due are written
         now = self._loop.time()
-        header_timeout = self._server.limits.header_timeout
-        if phase == _ACTIVE or self._current is not None:
-            self._timer = self._loop.call_at(now + header_timeout, self._on_timer)
-            return
-        limit = KEEPALIVE_IDLE if phase == _KEEPALIVE else header_timeout
-        due = self._phase_started + limit
-        if now < due:
-            self._timer = self._loop.call_at(due, self._on_timer)
-        elif phase == _HEAD:
-            self._reject(RequestTimeoutError("the request headers did not arrive in time"))
-        else:
-            self._transport.close()
+        limits = self._server.limits
+        check = now + limits.header_timeout
+        if self._head_started is not None:
+            due = self._head_started + limits.header_timeout
+            if now >= due:
+                self._reject(RequestTimeoutError("the request headers did not arrive in time"))
+                return
+            check = min(check, due)
+        elif self._current is None:
+            due = self._idle_since + (
+                limits.keepalive_timeout if self._served else limits.header_timeout
+            )
+            if now >= due:
+                transport.close()
+                return
+            check = min(check, due)
+        self._timer = self._loop.call_at(check, self._on_timer)
 
     def _reject(self, error: ProxyError) -> None:
-        """Answer a request the sidecar refuses to forward, then close the connection."""
-        self._server.rejected(self._listener, error, self._parser_method())
-        _, payload = render_error(
-            error,
-            upstream="",
-            attempts=0,
-            request_id="",
-            sidecar_headers=self._server.sidecar_headers,
-            close=True,
-        )
-        self._close_after = True
+        """Refuse a request the sidecar will not forward; the connection closes after it.
+
+        Answers keep the order of requests: behind requests in flight or queued, the refusal
+        waits for its turn (`finished` sends it) and nothing more is read meanwhile, for
+        those requests may already have reached the upstream. Only an error in the body of
+        the request in flight ends that request at once: it can never be complete.
+        """
+        self._head_started = None
+        if self._deferred is not None or self._transport is None:
+            return
+        method = self._parser_method()
+        current = self._current
+        parsing = self._parsing
+        if current is not None and parsing is not current:
+            if parsing is not None and self._queue and self._queue[-1] is parsing:
+                self._queue.pop()  # queued with a broken body: never started, never will be
+            self._parsing = None
+            self._deferred = (error, method)
+            self._set_paused(queue=True)  # held until the connection closes
+            return
         task = self._task
         if task is not None and not task.done():
             task.cancel()
-        if self._transport is not None:
-            # `_head_sent` still describes the previous answer on a keep-alive connection;
-            # only a response being written right now makes the error page impossible.
-            if self._current is None or not self._head_sent:
-                self._transport.write(payload)
-            self._transport.close()
+        # `_head_sent` still describes the previous answer on a keep-alive connection;
+        # only a response being written right now makes the error page impossible.
+        self._refuse(error, method, answer=current is None or not self._head_sent)
+        self._transport.close()
+
+    def _refuse(self, error: ProxyError, method: str, *, answer: bool) -> None:
+        """Log a refusal (it was never forwarded) and write its error page if `answer`."""
+        self._server.rejected(self._listener, error, method)
+        self._close_after = True
+        if answer and self._transport is not None:
+            _, payload = render_error(
+                error,
+                upstream="",
+                attempts=0,
+                request_id="",
+                sidecar_headers=self._server.sidecar_headers,
+                close=True,
+            )
+            self._transport.write(payload)
 
     def _parser_method(self) -> str:
         try:
@@ -657,8 +748,12 @@ class DownstreamProtocol(asyncio.Protocol):
             return ""
 
     def __repr__(self) -> str:
-        phases = ("first", "keepalive", "head", "active")
-        return f"<DownstreamProtocol {self._listener.name} phase={phases[self._phase]} current={self._current!r} queued={len(self._queue)}>"
+        head = "none" if self._head_started is None else f"{self._head_seen}B"
+        return (
+            f"<DownstreamProtocol {self._listener.name} current={self._current!r} "
+            f"queued={len(self._queue)} head={head} eof={self._client_eof} "
+            f"refusing={self._deferred is not None}>"
+        )
 
 
 def _status_line(status: int, reason: bytes) -> bytes:

@@ -33,6 +33,7 @@ from sidecar.upstream.loopguard import LoopGuard
 if TYPE_CHECKING:
     from sidecar.server.downstream import DownstreamProtocol
     from sidecar.server.listener import ConnectionLimiter
+    from sidecar.upstream.group import Upstream
 
 _OUTCOME_BY_RESULT = {
     AttemptResult.TIMEOUT: Outcome.TIMEOUT,
@@ -170,7 +171,9 @@ class ProxyServer:
                     )
                 if self.loop_guard.is_own_authority(exchange.authority):
                     raise LoopDetectedError("the request would be forwarded to the sidecar itself")
-                upstream = self.router.by_authority(exchange.authority)
+                upstream = self.router.by_authority(exchange.authority, tls=exchange.requires_tls)
+            if exchange.requires_tls:
+                _check_tls(upstream)
             exchange.upstream = upstream
             route = upstream.routes.match(exchange.method, exchange.path)
             exchange.route = route
@@ -254,3 +257,26 @@ class ProxyServer:
 
     def __repr__(self) -> str:
         return f"ProxyServer(connections={len(self._connections)}, draining={self.draining})"
+
+
+def _check_tls(upstream: Upstream) -> None:
+    """An `https://` request goes only to an upstream that originates TLS to every endpoint.
+
+    The client chose https: sending its request (and its `Authorization`) in cleartext,
+    even to a configured upstream, would silently downgrade it. Refused before any byte
+    leaves, with what to do instead.
+    """
+    endpoints = upstream.config.endpoints
+    if endpoints and all(endpoint.tls for endpoint in endpoints):
+        return
+    if not endpoints:
+        where = (
+            f"upstream {upstream.name!r} (shared by hosts past forward.max_implicit_upstreams) "
+            "connects in cleartext"
+        )
+    else:
+        where = f"upstream {upstream.name!r} has http:// endpoints"
+    raise BadRequestError(
+        f"the request is for an https:// URL but {where}, so it would leave in cleartext; "
+        "use CONNECT (HTTPS_PROXY) or give the upstream https:// endpoints"
+    )

@@ -26,9 +26,20 @@ if TYPE_CHECKING:
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
+# Bytes a client may send into a tunnel before it is connected; above this its reading is
+# paused until the upstream is up (a TLS ClientHello is well under it).
+EARLY_LIMIT = 64 << 10
+
 
 class Tunnel:
-    """The downstream half of a tunnel: buffers early bytes until the upstream is connected."""
+    """The downstream half of a tunnel: buffers early bytes until the upstream is connected.
+
+    Early bytes are bounded by `EARLY_LIMIT`: past it the client's socket stops being read.
+    The tunnel pauses the client's transport itself, as `TunnelUpstream` does for
+    back-pressure once connected: no request parsing or body flow shares the socket any
+    more (CONNECT has no body), so nothing else pauses or resumes it meanwhile, and the
+    early pause ends in `connected()` before the upstream's back-pressure can start.
+    """
 
     __slots__ = (
         "_closed",
@@ -36,6 +47,8 @@ class Tunnel:
         "_downstream",
         "_downstream_eof",
         "_early",
+        "_early_paused",
+        "_early_size",
         "_upstream",
         "_upstream_eof",
         "bytes_in",
@@ -45,6 +58,8 @@ class Tunnel:
     def __init__(self, downstream: DownstreamProtocol, early: bytes) -> None:
         self._downstream = downstream
         self._early: list[bytes] = [early] if early else []
+        self._early_size = len(early)
+        self._early_paused = False
         self._upstream: asyncio.Transport | None = None
         self._done: asyncio.Future[None] | None = None
         self._closed = False
@@ -59,9 +74,15 @@ class Tunnel:
         """The upstream TCP connection is up: flush early bytes and start splicing."""
         self._upstream = upstream
         self._done = done
+        if self._early_paused:  # first: flushing may pause the client again (back-pressure)
+            self._early_paused = False
+            client = self._downstream.transport
+            if client is not None:
+                client.resume_reading()
         for piece in self._early:
             upstream.write(piece)
         self._early.clear()
+        self._early_size = 0
         if self._downstream_eof and upstream.can_write_eof():
             upstream.write_eof()
 
@@ -69,8 +90,14 @@ class Tunnel:
         self.bytes_in += len(data)
         if self._upstream is not None:
             self._upstream.write(data)
-        else:
-            self._early.append(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > EARLY_LIMIT and not self._early_paused:
+            client = self._downstream.transport
+            if client is not None:
+                self._early_paused = True
+                client.pause_reading()
 
     def to_downstream(self, data: bytes, transport: asyncio.Transport | None) -> None:
         self.bytes_out += len(data)
@@ -114,7 +141,10 @@ class Tunnel:
             self._done.set_result(None)
 
     def __repr__(self) -> str:
-        return f"Tunnel(in={self.bytes_in}, out={self.bytes_out}, up={self._upstream is not None})"
+        return (
+            f"Tunnel(in={self.bytes_in}, out={self.bytes_out}, up={self._upstream is not None}, "
+            f"early={self._early_size}, paused={self._early_paused})"
+        )
 
 
 class TunnelUpstream(asyncio.Protocol):
