@@ -21,7 +21,7 @@ from sidecar.config.base import ConfigModel, Count, Flag, Methods, Name, Positiv
 from sidecar.config.fallback import FallbackPolicy, FaultPolicy
 from sidecar.config.issue import RuleError, Violation
 from sidecar.config.policy import BreakerPolicy, PolicyConfig, RetryPolicy, TimeoutPolicy
-from sidecar.config.units import PositiveDuration, Ratio
+from sidecar.config.units import PositiveDuration, Ratio, format_duration
 
 ROUTE_POLICY_KEYS = ("timeouts", "retries", "circuit_breaker", "fallback", "faults")
 """The policy sections a route may override (SPEC §3.2); others are upstream-wide."""
@@ -69,9 +69,26 @@ class OutlierPolicy(ConfigModel):
     base_ejection: PositiveDuration = Field(
         default=30.0, description="First ejection; longer for repeat offenders."
     )
+    max_ejection: PositiveDuration = Field(
+        default=300.0,
+        description="Cap on one ejection, however often the endpoint was ejected before.",
+    )
     max_ejected: Ratio = Field(
         default=0.5, description="Never eject more than this share of endpoints."
     )
+
+    @model_validator(mode="after")
+    def _ejection_bounds(self) -> OutlierPolicy:
+        if self.max_ejection < self.base_ejection:
+            raise RuleError(
+                Violation(
+                    ("max_ejection",),
+                    f"max_ejection ({format_duration(self.max_ejection)}) must be at least "
+                    f"base_ejection ({format_duration(self.base_ejection)})",
+                    also=(("base_ejection",),),
+                )
+            )
+        return self
 
 
 class HealthCheckPolicy(ConfigModel):
