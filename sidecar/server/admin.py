@@ -27,7 +27,7 @@ from sidecar.errors import StartupError
 from sidecar.server.control import FORCE_STATES, Control
 from sidecar.server.readiness import Readiness
 from sidecar.server.redact import redact_config
-from sidecar.server.statuspage import render_status_page
+from sidecar.server.statuspage import load_status_template, render_status_page
 
 SERVER_HEADER = "sidecar"  # never the aiohttp/Python versions aiohttp announces by default
 JSON_CONTENT_TYPE = "application/json"
@@ -57,6 +57,9 @@ class AdminState:
 
 
 ADMIN_STATE = web.AppKey("admin_state", AdminState)
+# The status page template, read when the app is built: nothing is read from the package
+# while serving, so replacing the installed files under a running daemon breaks no page.
+STATUS_TEMPLATE = web.AppKey("status_template", str)
 # Requests that only read; everything else changes state and needs the token when one is set.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -80,12 +83,17 @@ def read_admin_token(path: Path | None) -> str | None:
 
 
 def build_admin_app(state: AdminState) -> web.Application:
-    """The admin application, ready for a runner; builds no sockets and starts nothing."""
+    """The admin application, ready for a runner; builds no sockets and starts nothing.
+
+    Everything it serves is read here, once: the status page template comes from the
+    package now, not at the first `GET /` (raises `StartupError` when it cannot be read).
+    """
     # aiohttp answers malformed requests itself, before any handler; without this its
     # default `Server` header would announce the Python and aiohttp versions (SPEC §9).
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
     app = web.Application(middlewares=[_json_errors, _bearer_token])
     app[ADMIN_STATE] = state
+    app[STATUS_TEMPLATE] = load_status_template()
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -138,7 +146,7 @@ async def _state(request: web.Request) -> web.Response:
 
 
 async def _status_page(request: web.Request) -> web.Response:
-    page = render_status_page(_control(request).snapshot())
+    page = render_status_page(_control(request).snapshot(), request.app[STATUS_TEMPLATE])
     return web.Response(
         text=page,
         content_type="text/html",

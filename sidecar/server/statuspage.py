@@ -4,6 +4,10 @@ The page is `status_page.html`, a self-contained template (inline CSS, a few lin
 JS that fetch `state` every 2 s and re-render with `textContent`). This module renders the
 same rows server-side once, so the page is complete without JS. Every value is HTML-escaped
 here; the page loads nothing from anywhere else.
+
+The template is read once, when the admin app is built (`load_status_template`), never while
+serving: a `pip install` that replaces or removes the package's files under a running daemon
+must not turn `GET /` into a 500.
 """
 
 from __future__ import annotations
@@ -11,27 +15,39 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime
-from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from sidecar.clock import wall_time
+from sidecar.errors import StartupError
 
 TRANSITIONS_SHOWN = 5  # newest first; `/state` has the last 10
 _MARKER = re.compile(r"\{\{(meta|rows)\}\}")
 DASH = "\u2013"
 
 
-@cache
-def _template() -> str:
-    return files("sidecar.server").joinpath("status_page.html").read_text(encoding="utf-8")
+TEMPLATE_FILE = "status_page.html"
 
 
-def render_status_page(state: dict[str, Any]) -> str:
-    """The page for one `/state` snapshot."""
+def load_status_template() -> str:
+    """The page template from the installed package; read it at start and keep it.
+
+    Raises `StartupError` when it cannot be read, so a broken install stops the start
+    instead of failing the first `GET /` hours later.
+    """
+    resource = files("sidecar.server").joinpath(TEMPLATE_FILE)
+    try:
+        return resource.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(f"cannot read the status page {resource}: {reason}") from None
+
+
+def render_status_page(state: dict[str, Any], template: str) -> str:
+    """The page for one `/state` snapshot, in `template` (from `load_status_template`)."""
     values = {"meta": _meta(state), "rows": "".join(_row(n, u) for n, u in _upstreams(state))}
     # One pass: text substituted in is never scanned for markers again.
-    return _MARKER.sub(lambda match: values[match.group(1)], _template())
+    return _MARKER.sub(lambda match: values[match.group(1)], template)
 
 
 def _upstreams(state: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
