@@ -382,11 +382,14 @@ class ScriptedTransport:
         self,
         pool: EndpointPool,
         exchange: Exchange,
-        deadline: float,
+        per_try: float,
+        total: float,
         connect_timeout: float,
         idle_timeout: float,
     ) -> UpstreamResponse:
-        sent = SentRequest(pool.label, exchange.attempts, deadline)
+        # The scripted request is sent at once, so its head deadline starts now.
+        now = self._clock.now() if self._clock is not None else asyncio.get_running_loop().time()
+        sent = SentRequest(pool.label, exchange.attempts, min(now + per_try, exchange.deadline))
         self.sent.append(sent)
         if not self._script:
             raise AssertionError(f"unscripted send #{len(self.sent)} to {pool.label}")
@@ -503,19 +506,25 @@ class _Collector:
 class NullProducer:
     """A `Producer` for a request body that has fully arrived: pausing is recorded, not done."""
 
-    __slots__ = ("paused",)
+    __slots__ = ("pausers",)
 
     def __init__(self) -> None:
-        self.paused = False
+        self.pausers: list[object] = []
 
-    def pause_reading(self) -> None:
-        self.paused = True
+    @property
+    def paused(self) -> bool:
+        return bool(self.pausers)
 
-    def resume_reading(self) -> None:
-        self.paused = False
+    def pause_reading(self, by: object) -> None:
+        if by not in self.pausers:
+            self.pausers.append(by)
+
+    def resume_reading(self, by: object) -> None:
+        if by in self.pausers:
+            self.pausers.remove(by)
 
     def __repr__(self) -> str:
-        return f"NullProducer(paused={self.paused})"
+        return f"NullProducer(pausers={self.pausers!r})"
 
 
 class MemoryTransport:

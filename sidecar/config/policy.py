@@ -30,14 +30,26 @@ class TimeoutPolicy(ConfigModel):
 
     connect: PositiveDuration = Field(default=1.0, description="Connecting to an endpoint.")
     per_try: PositiveDuration = Field(
-        default=5.0, description="Until response headers arrive, per attempt."
+        default=5.0,
+        description="Until response headers arrive, per attempt, from when the request is sent.",
     )
     total: PositiveDuration = Field(
         default=15.0,
-        description="Whole request incl. retries and backoff, until headers arrive.",
+        description="Whole request incl. retries and backoff, until headers arrive; "
+        "starts when the client's request (with its body) is complete.",
     )
     idle: PositiveDuration = Field(
         default=60.0, description="Longest gap between body chunks, either direction."
+    )
+
+
+class PoolPolicy(ConfigModel):
+    """Keep-alive connections to each endpoint of an upstream."""
+
+    idle_timeout: PositiveDuration = Field(
+        default=4.0,
+        description="A pooled connection idle this long is closed; keep it below the "
+        "upstream's own keep-alive timeout.",
     )
 
 
@@ -205,3 +217,4 @@ class PolicyConfig(ConfigModel):
     )
     fallback: FallbackPolicy = Field(default_factory=FallbackPolicy)
     faults: FaultPolicy | None = Field(default=None, description="Fault injection; off if null.")
+    pool: PoolPolicy = Field(default_factory=PoolPolicy)

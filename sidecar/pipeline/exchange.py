@@ -70,13 +70,20 @@ class Responder(Protocol):
 
 
 class Transport(Protocol):
-    """Sends an exchange's request to one endpoint; resolves when the response head arrives."""
+    """Sends an exchange's request to one endpoint; resolves when the response head arrives.
+
+    The head is due `per_try` after the request has been fully sent, and by
+    `exchange.deadline`; a request whose body is still arriving gets its `total` deadline
+    (`exchange.deadline`, updated) only once that body has been sent. The upload itself is
+    governed by `idle_timeout`.
+    """
 
     async def send(
         self,
         pool: EndpointPool,
         exchange: Exchange,
-        deadline: float,
+        per_try: float,
+        total: float,
         connect_timeout: float,
         idle_timeout: float,
     ) -> UpstreamResponse: ...

@@ -105,8 +105,11 @@ class Forwarder:
                 injected = await self._inject(exchange, pool, decision, started, deadline)
                 if injected is not None:
                     return injected
+            # per_try counts from when the request has been sent; an injected delay used
+            # part of it.
+            per_try = route.per_try if decision is None else deadline - self._clock.now()
             response = await self._transport.send(
-                pool, exchange, deadline, route.connect, route.idle
+                pool, exchange, per_try, route.total, route.connect, route.idle
             )
         except AttemptError as error:
             attempt = Attempt(pool, None, error, self._clock.now() - started)

@@ -110,6 +110,8 @@ class Upstream:
                 for e in config.endpoints
             ]
             self._dynamic = OrderedDict()
+        for pool in (*self.pools, *self._dynamic.values()):
+            pool.idle_timeout = config.pool.idle_timeout  # kept pools take a reload's value
         if kept is not None and kept.config.load_balancing == config.load_balancing:
             self._balancer = kept._balancer
         else:
@@ -232,7 +234,12 @@ class Upstream:
         if pool is not None:
             self._dynamic.move_to_end(authority)
             return pool
-        pool = EndpointPool(Endpoint.parse(f"http://{authority}"), self._loop, self._loop_guard)
+        pool = EndpointPool(
+            Endpoint.parse(f"http://{authority}"),
+            self._loop,
+            self._loop_guard,
+            idle_timeout=self.config.pool.idle_timeout,
+        )
         self._dynamic[authority] = pool
         if len(self._dynamic) > MAX_DYNAMIC_POOLS:
             _, oldest = self._dynamic.popitem(last=False)

@@ -3,18 +3,25 @@
 Builds the request head (origin-form target byte for byte, the endpoint's or client's Host,
 end-to-end headers, re-derived framing), streams the body, and turns every foreign failure
 into the sidecar's own errors: a deadline into `UpstreamTimeoutError`, a reset into
-`UpstreamResetError`. A keep-alive connection the upstream had already closed is retried once
-on a fresh connection, but only when resending cannot duplicate a non-idempotent request.
+`UpstreamResetError`.
+
+Pooled keep-alive connections race with the server closing them while idle. A reused
+connection that dies before any byte of the answer is therefore not held against the
+upstream (`upstream_fault=False`), and the request is sent again, once, on a fresh
+connection when resending cannot duplicate it (an idempotent method, a body that can be
+replayed). A request that cannot be resent takes only a recently used connection (see
+`pool.py`), so it rarely meets the race at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from sidecar.errors import UpstreamResetError, UpstreamTimeoutError
 from sidecar.pipeline.exchange import Exchange, UpstreamResponse
 from sidecar.upstream.connection import UpstreamConnection
-from sidecar.upstream.pool import EndpointPool
+from sidecar.upstream.pool import SAFE_REUSE_IDLE, EndpointPool
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -32,29 +39,33 @@ class HttpTransport:
         self,
         pool: EndpointPool,
         exchange: Exchange,
-        deadline: float,
+        per_try: float,
+        total: float,
         connect_timeout: float,
         idle_timeout: float,
     ) -> UpstreamResponse:
         loop = self._loop
         chunked = exchange.body is not None and exchange.content_length is None
         head = build_head(exchange, pool, chunked)
+        max_idle = math.inf if _resendable(exchange) else SAFE_REUSE_IDLE
         for _ in range(2):
-            remaining = deadline - loop.time()
+            remaining = exchange.deadline - loop.time()
             if remaining <= 0:
                 raise UpstreamTimeoutError("no response headers before the deadline")
             try:
-                conn, reused = await pool.acquire(min(connect_timeout, remaining))
+                conn, reused = await pool.acquire(min(connect_timeout, remaining), max_idle)
             except UpstreamTimeoutError:
                 raise
             except Exception:
-                if deadline - loop.time() <= 0:
+                if exchange.deadline - loop.time() <= 0:
                     raise UpstreamTimeoutError("no response headers before the deadline") from None
                 raise
             try:
-                await self._exchange_head(conn, exchange, head, chunked, deadline, idle_timeout)
-            except UpstreamResetError:
-                if reused and _safe_to_resend(exchange):
+                await self._exchange_head(
+                    conn, exchange, head, chunked, per_try, total, idle_timeout
+                )
+            except UpstreamResetError as error:
+                if reused and not error.upstream_fault and _safe_to_resend(exchange):
                     continue  # the idle connection was closed under us; nothing was processed
                 raise
             failure = conn.failed_before_relay()
@@ -69,20 +80,24 @@ class HttpTransport:
         exchange: Exchange,
         head: bytes,
         chunked: bool,
-        deadline: float,
+        per_try: float,
+        total: float,
         idle_timeout: float,
     ) -> None:
         head_future = conn.start(
             head, head_only=exchange.head_only, chunked=chunked, idle_timeout=idle_timeout
         )
         body = exchange.body
+        # A body the client is still sending: the request is complete (and `total` starts)
+        # only when its last byte has been passed on.
+        arriving = body is not None and not body.complete
+        conn.expire_head(per_try, total, None if arriving else exchange.deadline)
         if body is None:
             conn.end_body()
         else:
             body.attach(conn)
             if not body.complete:
                 conn.arm_idle_timer()
-        conn.expire_head_at(deadline)
         try:
             await head_future
         except BaseException:
@@ -90,6 +105,9 @@ class HttpTransport:
             if body is not None:
                 body.detach()
             raise
+        finally:
+            if arriving and conn.total_deadline is not None:
+                exchange.deadline = conn.total_deadline  # what retries and backoff count from
 
     def __repr__(self) -> str:
         return "HttpTransport()"
@@ -98,6 +116,14 @@ class HttpTransport:
 def _safe_to_resend(exchange: Exchange) -> bool:
     body = exchange.body
     return exchange.method in _IDEMPOTENT and (body is None or body.can_replay)
+
+
+def _resendable(exchange: Exchange) -> bool:
+    """Whether the request could be resent after it has been sent, as far as known now."""
+    body = exchange.body
+    return exchange.method in _IDEMPOTENT and (
+        body is None or (body.complete and body.size <= body.retain_limit)
+    )
 
 
 def build_head(exchange: Exchange, pool: EndpointPool, chunked: bool) -> bytes:

@@ -4,6 +4,11 @@ Chunks that arrive before an attempt is ready are held (pausing the client past 
 mark); a body no larger than `retain_limit` is kept whole so a retry can replay it, and a
 larger one is streamed and marked not replayable. This is the only place request body bytes
 are buffered.
+
+The body pauses the client in its own name and releases only that pause: the consumer it
+hands the client to (an upstream connection) pauses and resumes it in the consumer's name,
+so attaching a consumer never lifts a pause the consumer has just taken, and detaching one
+drops the consumer's pause with it (`set_producer(None)`).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class RequestBody:
         self._chunks.append(data)
         if self.size > PENDING_HIGH_WATER and not self._paused:
             self._paused = True
-            self._producer.pause_reading()
+            self._producer.pause_reading(self)
 
     def finish(self) -> None:
         self.complete = True
@@ -96,15 +101,23 @@ class RequestBody:
             consumer.end_body()
             return
         consumer.set_producer(self._producer)
-        if self._paused:
-            self._paused = False
-            self._producer.resume_reading()
+        self._release_pause()
 
     def detach(self) -> None:
-        """The attempt using the body ended; later chunks wait for another consumer or none."""
-        if self._consumer is not None:
-            self._consumer.set_producer(None)
+        """The attempt using the body ended; later chunks wait for another consumer or none.
+
+        The consumer lets go of the client (its pause, if it held one, goes with it); chunks
+        that arrive for nobody past the high-water mark pause the client in the body's name.
+        """
+        consumer = self._consumer
+        if consumer is not None:
             self._consumer = None
+            consumer.set_producer(None)
+
+    def _release_pause(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._producer.resume_reading(self)
 
     @property
     def can_replay(self) -> bool:

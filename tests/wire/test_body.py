@@ -7,16 +7,25 @@ from sidecar.wire.flow import Producer
 
 
 class _Socket:
-    """Records pause/resume calls like a transport would receive them."""
+    """A producer that records pause/resume calls and keeps one pause per owner."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.pausers: list[object] = []
 
-    def pause_reading(self) -> None:
+    @property
+    def paused(self) -> bool:
+        return bool(self.pausers)
+
+    def pause_reading(self, by: object) -> None:
         self.calls.append("pause")
+        if by not in self.pausers:
+            self.pausers.append(by)
 
-    def resume_reading(self) -> None:
+    def resume_reading(self, by: object) -> None:
         self.calls.append("resume")
+        if by in self.pausers:
+            self.pausers.remove(by)
 
 
 class _Consumer:
@@ -94,3 +103,45 @@ def test_body_on_attach_runs_once_when_first_wanted() -> None:
     body.detach()
     body.attach(_Consumer())
     assert calls == ["continue"]
+
+
+class _FullConsumer(_Consumer):
+    """A consumer whose socket buffer is full: it pauses its producer in its own name."""
+
+    def set_producer(self, producer: Producer | None) -> None:
+        if self.producer is not None:
+            self.producer.resume_reading(self)
+        self.producer = producer
+        if producer is not None:
+            producer.pause_reading(self)
+
+
+def test_body_attach_keeps_the_pause_the_new_consumer_takes() -> None:
+    """Attaching releases only the body's own pause: a consumer that is full keeps the client paused."""
+    socket, consumer = _Socket(), _FullConsumer()
+    body = RequestBody(socket, retain_limit=0)
+    body.feed(b"x" * (PENDING_HIGH_WATER + 1))
+    body.attach(consumer)
+    assert socket.pausers == [consumer]
+    assert socket.paused
+
+
+def test_body_detach_releases_the_consumers_pause() -> None:
+    """An attempt abandoned while its connection was full does not leave the client paused."""
+    socket, consumer = _Socket(), _FullConsumer()
+    body = RequestBody(socket, retain_limit=0)
+    body.attach(consumer)
+    assert socket.paused
+    body.detach()
+    assert not socket.paused
+
+
+def test_body_pauses_again_when_chunks_arrive_for_nobody_after_detach() -> None:
+    """After a detach, bytes past the high-water mark pause the client in the body's name."""
+    socket = _Socket()
+    body = RequestBody(socket, retain_limit=0)
+    body.attach(_Consumer())
+    body.feed(b"x" * (PENDING_HIGH_WATER + 1))
+    body.detach()
+    body.feed(b"y")
+    assert socket.pausers == [body]
