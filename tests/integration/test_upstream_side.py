@@ -175,10 +175,14 @@ async def test_upstream_side_steady_upload_longer_than_per_try_and_total_succeed
     """An 8 MiB upload that takes longer than `per_try` and `total` gets its answer: both
     start when the request has been sent, and the breaker stays closed."""
     timeouts = {"per_try": "100ms", "total": "250ms", "idle": "1s"}
-    policy = {"retries": ONE_ATTEMPT, "timeouts": timeouts, "circuit_breaker": TOUCHY_BREAKER}
+    policy: dict[str, Any] = {
+        "retries": ONE_ATTEMPT,
+        "timeouts": timeouts,
+        "circuit_breaker": TOUCHY_BREAKER,
+    }
+    size = UPLOAD_CHUNK * UPLOAD_CHUNKS
     async with running_sidecar(dedicated(upstream.url(""), **policy)) as sc:
         async with RawClient(sc.port(DEDICATED)) as client:
-            size = UPLOAD_CHUNK * UPLOAD_CHUNKS
             await client.send(
                 b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
             )
@@ -282,7 +286,7 @@ async def test_upstream_side_get_on_a_stale_pooled_connection_is_resent_once() -
 async def test_upstream_side_idle_expiry_avoids_the_keep_alive_race() -> None:
     """Pooled connections expire before the upstream's keep-alive timeout, so a POST after a
     quiet spell goes on a fresh connection instead of one the upstream is closing."""
-    policy = {"retries": ONE_ATTEMPT, "pool": {"idle_timeout": "100ms"}}
+    policy: dict[str, Any] = {"retries": ONE_ATTEMPT, "pool": {"idle_timeout": "100ms"}}
     async with (
         closes_when_reused(after_idle=0.2) as server,
         running_sidecar(dedicated(server.url(), **policy)) as sc,
