@@ -98,6 +98,14 @@ class KeyBuilder:
         )
         return RequestKey(method, url, values)
 
+    def admits(self, key: RequestKey) -> bool:
+        """Whether `key` could have come from this builder: a cached method, the same key
+        headers in the same order (a reload may have changed either)."""
+        return (
+            key.method in self._methods
+            and tuple(name for name, _ in key.headers) == self._key_headers
+        )
+
     def variant(
         self, names: Sequence[bytes], request_headers: Sequence[tuple[bytes, bytes]]
     ) -> Variant:

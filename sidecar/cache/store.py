@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sidecar.cache.entry import CachedResponse, Entry, PendingEntry, Recorder
 from sidecar.cache.key import KeyBuilder, RequestKey, Variant
@@ -55,6 +56,7 @@ class FallbackStore:
         "_families",
         "_keys",
         "_policy",
+        "_secret",
         "evictions",
         "hits",
         "misses",
@@ -63,6 +65,7 @@ class FallbackStore:
     def __init__(self, policy: CachePolicy, clock: Clock, secret: bytes) -> None:
         self._policy = policy
         self._clock = clock
+        self._secret = secret
         self._keys = KeyBuilder(policy.methods, policy.key_headers, secret)
         self._entries: OrderedDict[_Slot, Entry] = OrderedDict()  # least recently used first
         self._families: dict[RequestKey, _Family] = {}
@@ -139,11 +142,48 @@ class FallbackStore:
         self._families.clear()
         self._bytes = 0
 
+    def reconfigure(self, policy: CachePolicy) -> None:
+        """Apply a policy changed by a reload, keeping the entries it still allows (SPEC §6).
+
+        Entries are kept in their LRU order, each one judged under the new rules: its stale
+        limit is worked out again (its own `stale-if-error`, else the new `max_stale`) and
+        it is dropped when already older than that, when its method is no longer listed, or
+        when its body exceeds the new `max_body`. A change of `key_headers` drops every
+        entry: their keys hold the old headers' values, and the new ones cannot be derived.
+        Then least recently used entries are evicted until the new `max_entries` and
+        `max_bytes` hold. Counters (hits, misses, evictions) go on.
+        """
+        if policy == self._policy:
+            return
+        self._policy = policy
+        self._keys = KeyBuilder(policy.methods, policy.key_headers, self._secret)
+        now = self._clock.now()
+        for slot, entry in list(self._entries.items()):
+            key = slot[0]
+            limit = stale_limit(entry.headers, policy.max_stale)
+            if (
+                not self._keys.admits(key)
+                or now - entry.received > limit
+                or entry.size - header_bytes(entry.headers) > policy.max_body
+            ):
+                self._drop(slot)
+            elif limit != entry.stale_limit:
+                self._entries[slot] = replace(entry, stale_limit=limit)  # keeps its LRU place
+        self._evict()
+
     def _put(self, pending: PendingEntry, body: bytes) -> bool:
-        """Store a completed answer, then evict least recently used entries until bounds hold."""
+        """Store a completed answer, then evict least recently used entries until bounds hold.
+
+        The policy is the one in force now: a recording begun before a reload is judged by
+        the rules (and gets the stale limit) of the policy it ends under.
+        """
         policy = self._policy
         size = len(body) + header_bytes(pending.headers)
-        if size > policy.max_bytes:
+        if (
+            size > policy.max_bytes
+            or len(body) > policy.max_body
+            or not self._keys.admits(pending.key)
+        ):
             return False
         entry = Entry(
             pending.status,
@@ -151,7 +191,7 @@ class FallbackStore:
             body,
             pending.received,
             pending.upstream_age,
-            pending.stale_limit,
+            stale_limit(pending.headers, policy.max_stale),
             size,
         )
         key = pending.key
@@ -175,10 +215,15 @@ class FallbackStore:
         family.variants.add(pending.variant)
         self._entries[slot] = entry
         self._bytes += size
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until `max_entries` and `max_bytes` hold."""
+        policy = self._policy
         while len(self._entries) > policy.max_entries or self._bytes > policy.max_bytes:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        return True
 
     def _drop(self, slot: _Slot) -> None:
         entry = self._entries.pop(slot)

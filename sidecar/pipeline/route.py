@@ -250,25 +250,34 @@ class Router:
             old = old_routes.get(label)
             if not route_config.own_breaker:
                 breaker = upstream.breaker
-            elif (
-                old is not None
-                and old.breaker is not old_upstream_breaker(previous)
-                and (old.config.circuit_breaker == route_config.circuit_breaker)
-            ):
-                breaker = old.breaker  # a route's own breaker survives the reload too
+            elif old is not None and old.breaker is not old_upstream_breaker(previous):
+                # A route's own breaker survives the reload too, its state carried into a
+                # changed policy when the reload commits, as the upstream's is.
+                breaker = old.breaker
+                if old.config.circuit_breaker != route_config.circuit_breaker:
+                    upstream.change_breaker(breaker, route_config.circuit_breaker, label)
             else:
                 breaker = CircuitBreaker(route_config.circuit_breaker, self._clock)
             routes.append(Route(label, route_config, matcher, breaker))
         default = Route(DEFAULT_ROUTE, config, None, upstream.breaker)
+        old_store = previous.fallback_store if kept and previous else None
         for route in (*routes, default):
-            self._attach_state(upstream, route, old_routes.get(route.label))
+            self._attach_state(upstream, route, old_routes.get(route.label), old_store)
             route.pipeline = self._build_stages(upstream, route)
         upstream.routes = RouteTable(routes, default)
         return upstream
 
-    def _attach_state(self, upstream: Upstream, route: Route, old: Route | None) -> None:
-        """A route shares its upstream's budget and store unless it configures its own (kept
-        from the previous config when the route's label and policy are unchanged)."""
+    def _attach_state(
+        self,
+        upstream: Upstream,
+        route: Route,
+        old: Route | None,
+        old_upstream_store: FallbackStore | None,
+    ) -> None:
+        """A route shares its upstream's budget and store unless it configures its own. Its
+        own budget is kept from the previous config when the route's label and policy are
+        unchanged; its own store when the route had its own store under that label (the
+        upstream's old store went to the upstream), reconfigured if its policy changed."""
         config = route.config
         own = upstream.config
         if config.retries.budget == own.retries.budget:
@@ -286,8 +295,10 @@ class Router:
             route.store = None
         elif cache == own.fallback.cache:
             route.store = upstream.fallback_store
-        elif old is not None and old.store is not None and old.config.fallback.cache == cache:
+        elif old is not None and old.store is not None and old.store is not old_upstream_store:
             route.store = old.store
+            if old.config.fallback.cache != cache:
+                upstream.change_store(old.store, cache)
         else:
             route.store = FallbackStore(cache, self._clock, self._cache_secret)
 
@@ -306,10 +317,14 @@ class Router:
         await asyncio.gather(*(probe.stop() for probe in probes))
 
     def retire(self, successor: Router) -> None:
-        """After a reload: close the pools of upstreams the successor did not keep, and stop
-        the health checks it did not keep (an upstream whose `health_check` changed gets a
-        new probe, which the successor's `start_health_checks()` starts)."""
+        """After a reload: apply the successor's new policies to the state it kept (breakers,
+        stores, outlier records; they wait until the reload commits), close the pools of
+        upstreams the successor did not keep, and stop the health checks it did not keep
+        (an upstream whose `health_check` changed gets a new probe, which the successor's
+        `start_health_checks()` starts)."""
         successors = successor.all_upstreams()
+        for upstream in successors:
+            upstream.apply_changes()
         kept = {id(u.pools) for u in successors}
         kept_probes = {id(u.probe) for u in successors if u.probe is not None}
         for upstream in self.all_upstreams():

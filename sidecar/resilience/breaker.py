@@ -20,7 +20,7 @@ from typing import assert_never
 from sidecar.clock import Clock
 from sidecar.config import BreakerPolicy, format_duration, format_ratio
 from sidecar.events import CircuitTransitioned
-from sidecar.resilience.window import CallWindow, CountWindow, TimeWindow
+from sidecar.resilience.window import CallWindow, CountWindow, TimeWindow, carry_results
 
 
 class CircuitState(StrEnum):
@@ -57,6 +57,13 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:.4g}%"
 
 
+def _window(policy: BreakerPolicy, clock: Clock) -> tuple[CallWindow, str]:
+    """The empty window `policy` asks for, and how reasons name its span."""
+    if isinstance(policy.window, float):
+        return TimeWindow(clock, policy.window), f" in {format_duration(policy.window)}"
+    return CountWindow(policy.window.calls), ""  # "over the last N calls" says it all
+
+
 class CircuitBreaker:
     """One breaker: a window of call results, the state, and the open-period schedule."""
 
@@ -84,13 +91,7 @@ class CircuitBreaker:
     def __init__(self, policy: BreakerPolicy, clock: Clock) -> None:
         self._policy = policy
         self._clock = clock
-        self._window: CallWindow
-        if isinstance(policy.window, float):
-            self._window = TimeWindow(clock, policy.window)
-            self._window_text = f" in {format_duration(policy.window)}"
-        else:
-            self._window = CountWindow(policy.window.calls)
-            self._window_text = ""  # "over the last N calls" says it all
+        self._window, self._window_text = _window(policy, clock)
         self._state = CircuitState.CLOSED
         self._forced: CircuitState | None = None
         self._forced_at = 0.0
@@ -187,6 +188,52 @@ class CircuitBreaker:
             reason = f"forced {state.value} by operator"
         after = self.state
         return None if after is before else Transition(before, after, reason, now)
+
+    # -- a reload --------------------------------------------------------------------------
+
+    def reconfigure(self, policy: BreakerPolicy) -> Transition | None:
+        """Apply a policy changed by a reload, keeping the state it has reached (SPEC §6).
+
+        Nothing starts over: the state, the generation (so permits already handed out are
+        recorded as usual), the forced state, the run of consecutive failures, and the
+        window's results as far as `carry_results` can move them into the new window
+        (same kind: kept; count ↔ time: dropped). An open circuit stays open until its
+        `open_until`, but no longer than the new `max_open_duration` from when it opened,
+        and its next open period is kept between the new `open_duration` and
+        `max_open_duration`. Half-open keeps its trials, but at least one trial is judged
+        under the new policy. New thresholds judge from the next recorded call on. A
+        policy with `enabled: false` closes the circuit (the transition is returned).
+        """
+        if policy == self._policy:
+            return None
+        before = self.state  # brings a lapsed open period to half-open first
+        old = self._policy
+        self._policy = policy
+        if policy.window != old.window:
+            window, self._window_text = _window(policy, self._clock)
+            carry_results(self._window, window)
+            self._window = window
+        state = self._state
+        if state is CircuitState.CLOSED:
+            self._open_for = policy.open_duration
+        else:
+            self._open_for = min(
+                max(self._open_for, policy.open_duration), policy.max_open_duration
+            )
+        if state is CircuitState.OPEN:
+            self._open_until = min(self._open_until, self._opened_at + policy.max_open_duration)
+        elif state is CircuitState.HALF_OPEN:
+            self._trial_successes = min(self._trial_successes, policy.half_open_calls - 1)
+            self._trial_slow = min(self._trial_slow, self._trial_successes)
+        if policy.enabled or state is CircuitState.CLOSED:
+            return None
+        now = self._clock.now()
+        self._pending = None
+        self._reset(CircuitState.CLOSED, policy.open_duration)
+        after = self.state
+        if after is before:  # forced: the operator's word still stands
+            return None
+        return Transition(before, after, "circuit_breaker disabled by a reload", now)
 
     # -- what the admin API and error pages read ---------------------------------------
 
@@ -309,8 +356,11 @@ class CircuitBreaker:
 
     def _to_half_open(self) -> None:
         at = self._open_until
+        # The period that ended (a reload may have cut it short of `_open_for`), to the
+        # millisecond durations are configured in, without the float noise of a subtraction.
+        lasted = round(at - self._opened_at, 3)
         self._reset(CircuitState.HALF_OPEN, self._open_for)
-        reason = f"open duration {format_duration(self._open_for)} elapsed"
+        reason = f"open duration {format_duration(lasted)} elapsed"
         self._pending = Transition(CircuitState.OPEN, CircuitState.HALF_OPEN, reason, at)
 
     def _reset(self, state: CircuitState, open_for: float) -> None:

@@ -80,6 +80,24 @@ class TimeRing:
             ring[:] = [0] * len(ring)
         self.totals[:] = [0] * len(self.totals)
 
+    def absorb(self, other: TimeRing) -> None:
+        """Add `other`'s counters, each of its slices into the slice of this ring where it
+        began; slices that began before this ring's span are dropped. With the same length
+        and bucket count that is an exact copy; otherwise it is off by at most one slice."""
+        self.advance()  # both rings now end at the current slice
+        other.advance()
+        size, theirs = len(self.counts[0]), len(other.counts[0])
+        oldest = self._epoch - size
+        for number in range(other._epoch - theirs + 1, other._epoch + 1):
+            bucket = number % theirs
+            # The nudge keeps float noise (2.9999999 for 3) from moving a slice back one.
+            target = int(number * other._width / self._width + 1e-9)
+            if not oldest < target <= self._epoch:
+                continue
+            for k, (source, ring) in enumerate(zip(other.counts, self.counts, strict=True)):
+                ring[target % size] += source[bucket]
+                self.totals[k] += source[bucket]
+
     def __repr__(self) -> str:
         return (
             f"TimeRing(length={self.length}, buckets={len(self.counts[0])}, totals={self.totals})"
@@ -131,6 +149,10 @@ class TimeWindow:
 
     def reset(self) -> None:
         self._ring.reset()
+
+    def absorb(self, other: TimeWindow) -> None:
+        """Add `other`'s results, slice by slice (see `TimeRing.absorb`)."""
+        self._ring.absorb(other._ring)
 
     def __repr__(self) -> str:
         return (
@@ -184,8 +206,29 @@ class CountWindow:
     def reset(self) -> None:
         self._next = self._calls = self._failures = self._slow = 0
 
+    def results(self) -> bytes:
+        """The results held, oldest first, one byte each (bit 1: failed, bit 2: slow)."""
+        if self._calls < self.size:
+            return bytes(self._ring[: self._calls])
+        return bytes(self._ring[self._next :] + self._ring[: self._next])
+
     def __repr__(self) -> str:
         return (
             f"CountWindow(size={self.size}, calls={self._calls}, "
             f"failures={self._failures}, slow={self._slow})"
         )
+
+
+def carry_results(old: CallWindow, new: CallWindow) -> None:
+    """Move what `old` holds into the empty `new`, as far as their kinds allow (a reload).
+
+    Count → count: the last `new.size` results, in their order. Time → time: the counters of
+    each time slice, placed by when the slice began (see `TimeRing.absorb`). Between a count
+    and a time window nothing is carried, because a count window does not know when its
+    calls were, and a time window does not know their order: `new` starts empty.
+    """
+    if isinstance(old, CountWindow) and isinstance(new, CountWindow):
+        for result in old.results()[-new.size :]:
+            new.record(bool(result & _FAILED_BIT), bool(result & _SLOW_BIT))
+    elif isinstance(old, TimeWindow) and isinstance(new, TimeWindow):
+        new.absorb(old)

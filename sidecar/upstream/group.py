@@ -13,13 +13,15 @@ import asyncio
 import random
 import ssl
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
-from sidecar.config import Endpoint, FaultPolicy, UpstreamConfig
+from sidecar.config import BreakerPolicy, CachePolicy, Endpoint, FaultPolicy, UpstreamConfig
 from sidecar.errors import StartupError
-from sidecar.events import CircuitTransitioned, Observers
+from sidecar.events import Observers
 from sidecar.pipeline.faults import FaultInjector
 from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.resilience.budget import RetryBudget
@@ -44,10 +46,12 @@ class Upstream:
 
     __slots__ = (
         "_balancer",
+        "_changes",
         "_dynamic",
         "_inflight",
         "_loop",
         "_loop_guard",
+        "_observers",
         "_ssl",
         "breaker",
         "budget",
@@ -96,9 +100,14 @@ class Upstream:
         self.config = config
         self._loop = loop
         self._loop_guard = loop_guard
-        # A reload keeps the state of an upstream whose endpoints did not change (SPEC §6):
-        # each piece is kept when its own policy is unchanged too, else rebuilt.
+        self._observers = observers
+        # A reload keeps the state of an upstream whose endpoints did not change (SPEC §6).
+        # Breaker, fallback store and outlier records are kept whatever their policy: a
+        # changed policy is applied to them by `apply_changes()` once the reload commits
+        # (a reload that fails after this point must leave them as they were). The other
+        # pieces are kept when their own policy is unchanged, else rebuilt.
         kept = previous if previous is not None and previous.same_endpoints(config) else None
+        self._changes: list[Callable[[], None]] = []
         if kept is not None:
             self._ssl = kept._ssl
             self.pools = kept.pools
@@ -121,11 +130,13 @@ class Upstream:
         # One cell shared with the previous incarnation: requests admitted under the old
         # config decrement it when they end, so the count stays right across a reload.
         self._inflight = kept._inflight if kept is not None else [0]
-        self.outliers = (
-            kept.outliers
-            if kept is not None and kept.config.outlier_detection == config.outlier_detection
-            else OutlierDetector(config.outlier_detection, clock, [p.label for p in self.pools])
-        )
+        if kept is not None:
+            self.outliers = kept.outliers
+            if kept.config.outlier_detection != config.outlier_detection:
+                self._changes.append(partial(self.outliers.reconfigure, config.outlier_detection))
+        else:
+            labels = [p.label for p in self.pools]
+            self.outliers = OutlierDetector(config.outlier_detection, clock, labels)
         health_check = config.health_check
         if kept is not None and kept.config.health_check == health_check:
             # The probe keeps running: no fresh jitter, no gap in the checks, no lost streaks.
@@ -144,12 +155,12 @@ class Upstream:
         else:
             self.health, self.probe = None, None
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
-        if kept is not None and kept.config.circuit_breaker == config.circuit_breaker:
+        if kept is not None:
             self.breaker = kept.breaker
+            if kept.config.circuit_breaker != config.circuit_breaker:
+                self.change_breaker(self.breaker, config.circuit_breaker, "default")
         else:
             self.breaker = CircuitBreaker(config.circuit_breaker, clock)
-            if kept is not None:
-                _hand_over(kept.breaker, self.breaker, config.name, observers)
         self.budget = (
             kept.budget
             if kept is not None and kept.config.retries.budget == config.retries.budget
@@ -167,12 +178,14 @@ class Upstream:
         else:
             self.rate_limit = None
         cache = config.fallback.cache
-        if kept is not None and kept.config.fallback.cache == cache:
+        if cache is None:
+            self.fallback_store = None
+        elif kept is not None and kept.fallback_store is not None:
             self.fallback_store = kept.fallback_store
+            if kept.config.fallback.cache != cache:
+                self.change_store(self.fallback_store, cache)
         else:
-            self.fallback_store = (
-                FallbackStore(cache, clock, cache_secret) if cache is not None else None
-            )
+            self.fallback_store = FallbackStore(cache, clock, cache_secret)
         self.faults = FaultInjector(config.name, rng, observers)
         # Faults set through the admin API; they replace the configured ones while set,
         # and survive a reload (an operator's rehearsal is not ended by a config edit).
@@ -187,6 +200,34 @@ class Upstream:
     @inflight.setter
     def inflight(self, value: int) -> None:
         self._inflight[0] = value
+
+    def change_breaker(self, breaker: CircuitBreaker, policy: BreakerPolicy, route: str) -> None:
+        """Give a breaker kept from the previous config its new policy at `apply_changes()`.
+
+        The breaker keeps its state, counts and permits (`CircuitBreaker.reconfigure`); a
+        visible change of state it reports (disabled while open) is emitted like any other.
+        """
+
+        def apply() -> None:
+            transition = breaker.reconfigure(policy)
+            if transition is not None:
+                self._observers.emit(transition.event(self.name, route))
+
+        self._changes.append(apply)
+
+    def change_store(self, store: FallbackStore, policy: CachePolicy) -> None:
+        """Give a store kept from the previous config its new policy at `apply_changes()`."""
+        self._changes.append(partial(store.reconfigure, policy))
+
+    def apply_changes(self) -> None:
+        """The reload committed: apply the new policies to the state kept from the old config.
+
+        Until now the kept breakers, stores and outlier records ran under their old policy,
+        so a reload refused after compiling changed nothing. Runs each change once.
+        """
+        changes, self._changes = self._changes, []
+        for change in changes:
+            change()
 
     def same_endpoints(self, config: UpstreamConfig) -> bool:
         """Whether `config` talks to exactly the endpoints (and TLS settings) this one does."""
@@ -284,26 +325,6 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, endpoints={len(self.pools)}, inflight={self.inflight})"
-
-
-def _hand_over(
-    old: CircuitBreaker, new: CircuitBreaker, upstream: str, observers: Observers
-) -> None:
-    """A breaker rebuilt for a changed policy keeps an operator's forced state, and a visible
-    change of state (an open circuit starting closed) is reported like any transition."""
-    if old.forced is not None:
-        new.force(old.forced)
-    before, after = old.state, new.state
-    if before != after:
-        observers.emit(
-            CircuitTransitioned(
-                upstream,
-                "default",
-                before.value,
-                after.value,
-                "rebuilt by a reload: circuit_breaker policy changed",
-            )
-        )
 
 
 def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:

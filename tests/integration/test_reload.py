@@ -481,34 +481,57 @@ async def test_reload_keeps_an_open_breaker_when_its_upstream_is_untouched(
     assert SVC in line["upstreams_kept"]
 
 
-@pytest.mark.parametrize(
-    ("change", "rebuilt"),
-    [("endpoints", True), ("breaker-policy", False)],
-    ids=["endpoints-changed", "breaker-policy-changed"],
-)
-async def test_reload_resets_the_breaker_when_endpoints_or_its_policy_change(
-    tmp_path: Path, upstream: HttpUpstream, change: str, rebuilt: bool
+async def test_reload_resets_the_breaker_when_endpoints_change(
+    tmp_path: Path, upstream: HttpUpstream
 ) -> None:
-    """A reload that changes svc's endpoints (or its breaker policy) gives it a fresh, closed
-    breaker: the next request reaches the (new) endpoint and is answered 200."""
+    """A reload that changes svc's endpoints gives it a fresh, closed breaker: the next
+    request reaches the new endpoint and is answered 200."""
     path = plain_file(tmp_path, svc_config(upstream, circuit_breaker=BREAKER))
     async with HttpUpstream("replacement") as replacement:
         async with running_sidecar_file(path, watch=False) as sc:
             await open_breaker(sc, upstream)
-            if change == "endpoints":
-                text = svc_config(replacement, circuit_breaker=BREAKER)
-            else:
-                text = svc_config(upstream, circuit_breaker={**BREAKER, "consecutive_failures": 3})
-            await reload_applied(sc, path, text)
+            await reload_applied(sc, path, svc_config(replacement, circuit_breaker=BREAKER))
             after = await ask(sc, "/echo")
             line = reload_lines(sc)[0]
-        target = replacement if rebuilt else upstream
         assert after.status == 200
-        assert after.json()["upstream"] == target.name
-        assert target.count("/echo") == 1
-    assert (line["upstreams_rebuilt"], line["upstreams_kept"]) == (
-        ([SVC], []) if rebuilt else ([], [SVC])
-    )
+        assert after.json()["upstream"] == replacement.name
+        assert replacement.count("/echo") == 1
+    assert (line["upstreams_rebuilt"], line["upstreams_kept"]) == ([SVC], [])
+
+
+SHORT_OPEN: dict[str, Any] = {**BREAKER, "open_duration": "400ms", "half_open_calls": 1}
+ROUTE_PATH = "/status/200"
+
+
+def breaker_config(upstream: HttpUpstream, where: str, breaker: dict[str, Any]) -> str:
+    """svc with `breaker` on the upstream itself, or on a route `flaky` for /status."""
+    if where == "upstream":
+        return svc_config(upstream, circuit_breaker=breaker)
+    route = {"name": "flaky", "match": {"path_prefix": "/status"}, "circuit_breaker": breaker}
+    return svc_config(upstream, routes=[route])
+
+
+@pytest.mark.parametrize("where", ["upstream", "route"], ids=["upstream", "route"])
+async def test_reload_keeps_an_open_breaker_through_a_policy_change(
+    tmp_path: Path, upstream: HttpUpstream, where: str
+) -> None:
+    """An open breaker (upstream's or a route's own) stays open through a reload that changes
+    its failure_rate and consecutive_failures, then half-opens and closes as usual."""
+    path = plain_file(tmp_path, breaker_config(upstream, where, SHORT_OPEN))
+    target = "/ok" if where == "upstream" else ROUTE_PATH
+    changed = {**SHORT_OPEN, "failure_rate": "30%", "consecutive_failures": 3}
+    async with running_sidecar_file(path, watch=False) as sc:
+        await open_breaker(sc, upstream, target)
+        await reload_applied(sc, path, breaker_config(upstream, where, changed))
+        during = await ask(sc, target)
+        await asyncio.sleep(0.45)  # the 400ms open period ends
+        trial = await ask(sc, target)
+        closed = await ask(sc, target)
+        line = reload_lines(sc)[0]
+    assert (during.status, generated_error(during)) == (503, "circuit_open")
+    assert (trial.status, closed.status) == (200, 200)
+    assert upstream.count(target) == 4  # two failures, the trial, one after closing
+    assert line["upstreams_kept"] == [SVC]
 
 
 @pytest.mark.parametrize(
@@ -541,23 +564,36 @@ async def test_reload_keeps_a_route_breaker_by_its_label(
 
 @pytest.mark.parametrize(
     ("cache", "served_from_cache"),
-    [(CACHE, True), ({"max_stale": "10m"}, False)],
-    ids=["cache-policy-unchanged", "cache-policy-changed"],
+    [
+        (CACHE, True),
+        ({"max_stale": "10m"}, True),
+        ({"max_stale": "5m", "max_entries": 5}, True),
+        ({"max_stale": "5m", "key_headers": ["accept", "x-tenant"]}, False),
+    ],
+    ids=[
+        "cache-policy-unchanged",
+        "max-stale-raised",
+        "max-entries-lowered",
+        "key-headers-changed",
+    ],
 )
-async def test_reload_keeps_the_fallback_store_while_the_cache_policy_is_unchanged(
+async def test_reload_during_an_outage_keeps_the_fallback_store(
     tmp_path: Path, upstream: HttpUpstream, cache: dict[str, Any], served_from_cache: bool
 ) -> None:
-    """A GET stored before a reload that only changes timeouts is still served from the cache
-    during an outage after it; a changed cache policy starts an empty store."""
+    """A GET stored before an outage is served from the cache before and after a reload that
+    changes timeouts or the cache policy; only new `key_headers` (which would make other
+    keys) start an empty store."""
     path = plain_file(tmp_path, svc_config(upstream, fallback={"cache": CACHE}))
     async with running_sidecar_file(path, watch=False) as sc:
         fresh = await ask(sc, "/bytes/100")
+        upstream.fail_next(2, 503)  # the outage
+        before = await ask(sc, "/bytes/100")
         text = svc_config(upstream, fallback={"cache": cache}, timeouts={"per_try": "2s"})
         await reload_applied(sc, path, text)
-        upstream.fail_next(1, 503)
         during = await ask(sc, "/bytes/100")
     assert (fresh.status, fresh.header("x-sidecar-fallback")) == (200, None)
-    assert upstream.count("/bytes/100") == 2  # the outage request did reach the upstream
+    assert (before.status, before.header("x-sidecar-fallback")) == (200, "cache")
+    assert upstream.count("/bytes/100") == 3  # the outage requests did reach the upstream
     if served_from_cache:
         assert (during.status, during.body) == (200, fresh.body)
         assert during.header("x-sidecar-fallback") == "cache"

@@ -608,3 +608,155 @@ def test_breaker_is_never_open_longer_than_max_open_duration(
             assert last_opened is not None
             assert breaker.opened_at == last_opened
             assert clock.now() - last_opened < limit
+
+
+# -- reconfigure (a reload that changes the policy) ---------------------------------------
+
+
+def reconfigure(breaker: CircuitBreaker, **overrides: Any) -> Transition | None:
+    """Give `breaker` the SPEC defaults except for `overrides`, as a reload does."""
+    return breaker.reconfigure(BreakerPolicy(**overrides))
+
+
+def test_breaker_reconfigure_keeps_open_until_open_until(clock: FakeClock) -> None:
+    """An open breaker stays open through a new failure_rate until its open period ends."""
+    breaker = make(clock, open_duration="10s")
+    trip(breaker)
+    clock.advance(4.0)
+    assert reconfigure(breaker, open_duration="10s", failure_rate="30%") is None
+    assert breaker.state is OPEN
+    assert breaker.try_acquire() is None
+    assert breaker.retry_after() == 6.0
+    clock.advance(6.0)
+    assert breaker.state is HALF_OPEN
+    transition = breaker.take_transition()
+    assert transition is not None
+    assert transition.reason == "open duration 10s elapsed"
+
+
+def test_breaker_reconfigure_clamps_the_open_period_to_max_open_duration(
+    clock: FakeClock,
+) -> None:
+    """An open period longer than the new max_open_duration ends that long after it began."""
+    breaker = make(clock, open_duration="40s", max_open_duration="60s")
+    trip(breaker)
+    opened = clock.now()
+    clock.advance(5.0)
+    reconfigure(breaker, open_duration="5s", max_open_duration="20s")
+    assert breaker.open_until == opened + 20.0
+    clock.advance(15.0)
+    assert breaker.state is HALF_OPEN
+    transition = breaker.take_transition()
+    assert transition is not None
+    assert transition.reason == "open duration 20s elapsed"
+    call(breaker, failed=True)  # a failed trial: the next period doubles, capped at 20 s
+    assert breaker.retry_after() == 20.0
+
+
+def test_breaker_reconfigure_next_open_period_respects_new_open_duration(
+    clock: FakeClock,
+) -> None:
+    """After a reload raises open_duration, a failed trial re-opens for at least twice it."""
+    breaker = half_open(clock, open_duration="5s")
+    reconfigure(breaker, open_duration="30s", max_open_duration="2m")
+    call(breaker, failed=True)
+    assert breaker.retry_after() == 60.0
+
+
+def test_breaker_reconfigure_keeps_count_window_results(clock: FakeClock) -> None:
+    """A count window carries its last results, in order, into a smaller count window."""
+    breaker = make(clock, window=CountWindow(calls=10), minimum_calls=10, consecutive_failures=0)
+    for failed in (True, True, False, False, True, False):
+        call(breaker, failed=failed)
+    reconfigure(breaker, window=CountWindow(calls=4), minimum_calls=4, consecutive_failures=0)
+    assert (breaker.calls, breaker.failures) == (4, 1)  # the last four: ok, ok, failed, ok
+    transition = call(breaker, failed=True)  # ok, failed, ok, failed: 50%
+    assert transition is not None
+    assert transition.reason == "failure rate 50% ≥ 50% over the last 4 calls"
+
+
+def test_breaker_reconfigure_moves_time_window_slices(clock: FakeClock) -> None:
+    """A time window's results land in a longer or shorter window by when they were recorded."""
+    breaker = make(clock, window="10s", minimum_calls=100, consecutive_failures=0)
+    call(breaker, failed=True)
+    clock.advance(5.0)
+    call(breaker, failed=True)
+    call(breaker)
+    clock.advance(2.0)
+    reconfigure(breaker, window="20s", minimum_calls=100, consecutive_failures=0)
+    assert (breaker.calls, breaker.failures) == (3, 2)
+    clock.advance(10.0)  # the first failure is now 17 s old: still inside 20 s
+    assert (breaker.calls, breaker.failures) == (3, 2)
+    reconfigure(breaker, window="4s", minimum_calls=100, consecutive_failures=0)
+    assert (breaker.calls, breaker.failures) == (0, 0)  # everything is older than 4 s
+
+
+def test_breaker_reconfigure_between_window_kinds_starts_empty(clock: FakeClock) -> None:
+    """Results do not move between a time and a count window; the failure run does."""
+    breaker = make(clock, window="10s", minimum_calls=100, consecutive_failures=3)
+    call(breaker, failed=True)
+    call(breaker, failed=True)
+    reconfigure(breaker, window=CountWindow(calls=50), minimum_calls=50, consecutive_failures=3)
+    assert (breaker.calls, breaker.failures, breaker.consecutive_failures) == (0, 0, 2)
+    transition = call(breaker, failed=True)
+    assert transition is not None
+    assert transition.reason == "3 consecutive failures"
+
+
+def test_breaker_reconfigure_half_open_keeps_trials_and_permits(clock: FakeClock) -> None:
+    """Half-open keeps its trial results and outstanding permits; one trial is left to judge."""
+    breaker = half_open(clock, half_open_calls=3)
+    call(breaker)
+    call(breaker)
+    outstanding = breaker.try_acquire()
+    assert outstanding is not None
+    assert outstanding.trial
+    reconfigure(breaker, half_open_calls=2)  # two successes already: one is judged anew
+    assert breaker.state is HALF_OPEN
+    assert breaker.try_acquire() is None  # the outstanding trial fills the one slot left
+    transition = breaker.record(outstanding, failed=False, duration=0.01)
+    assert transition is not None
+    assert (transition.to_state, transition.reason) == (CLOSED, "2 half-open trials succeeded")
+
+
+def test_breaker_reconfigure_keeps_plain_permits_valid(clock: FakeClock) -> None:
+    """A call admitted before the reload is recorded after it, under the new thresholds."""
+    breaker = make(clock, consecutive_failures=5)
+    permits = [breaker.try_acquire() for _ in range(2)]
+    reconfigure(breaker, consecutive_failures=2)
+    first, second = permits
+    assert first is not None
+    assert second is not None
+    assert breaker.record(first, failed=True, duration=0.01) is None
+    transition = breaker.record(second, failed=True, duration=0.01)
+    assert transition is not None
+    assert transition.reason == "2 consecutive failures"
+
+
+def test_breaker_reconfigure_keeps_a_forced_state(clock: FakeClock) -> None:
+    """An operator's forced-open state stands through a policy change, even `enabled: false`."""
+    breaker = make(clock)
+    breaker.force(OPEN)
+    assert reconfigure(breaker, enabled=False) is None
+    assert (breaker.state, breaker.forced) == (OPEN, OPEN)
+    assert breaker.try_acquire() is None
+
+
+def test_breaker_reconfigure_disabled_closes_an_open_circuit(clock: FakeClock) -> None:
+    """A reload that disables the breaker closes an open circuit and says so."""
+    breaker = make(clock)
+    trip(breaker)
+    transition = reconfigure(breaker, enabled=False)
+    assert transition is not None
+    assert (transition.from_state, transition.to_state) == (OPEN, CLOSED)
+    assert transition.reason == "circuit_breaker disabled by a reload"
+    assert breaker.try_acquire() is not None
+
+
+def test_breaker_reconfigure_to_the_same_policy_changes_nothing(clock: FakeClock) -> None:
+    """An equal policy is a no-op: state, window and schedule untouched."""
+    breaker = make(clock, open_duration="7s")
+    trip(breaker)
+    before = repr(breaker)
+    assert reconfigure(breaker, open_duration="7s") is None
+    assert repr(breaker) == before
