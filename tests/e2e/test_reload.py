@@ -30,9 +30,15 @@ RELOAD_FAILED = "config reload failed; the running config is unchanged"
 
 
 def render(
-    admin: int, app: int, upstream: HttpUpstream, response_headers: bool = True, per_try: str = "5s"
+    admin: int,
+    app: int,
+    upstream: HttpUpstream,
+    response_headers: bool = True,
+    per_try: str = "5s",
+    policy: str = "",
 ) -> str:
-    """The daemon's config: admin and listener `app` (for upstream svc) on fixed ports."""
+    """The daemon's config: admin and listener `app` (for upstream svc) on fixed ports, plus
+    `policy` lines (already indented) inside svc."""
     return f"""\
 version: 1
 admin:
@@ -49,7 +55,7 @@ upstreams:
   svc:
     endpoints: [{upstream.url("")}]
     timeouts: {{per_try: {per_try}}}
-"""
+{policy}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +68,10 @@ class Sidecar:
     app: int
     upstream: HttpUpstream
 
-    def config(self, *, response_headers: bool = True, per_try: str = "5s") -> str:
-        return render(self.admin, self.app, self.upstream, response_headers, per_try)
+    def config(
+        self, *, response_headers: bool = True, per_try: str = "5s", policy: str = ""
+    ) -> str:
+        return render(self.admin, self.app, self.upstream, response_headers, per_try, policy)
 
     def write(self, text: str) -> None:
         """Replace the file as editors do: a temp file renamed over it."""
@@ -214,3 +222,39 @@ async def test_post_reload_answers_with_the_generation_or_the_errors(
         assert [bool(re.match(pattern, error)) for error in body["errors"]] == [True]
         assert await sidecar.generation() == 1
         assert await sidecar.has_sidecar_headers()
+
+
+def outage_policy(failure_rate: str, max_stale: str) -> str:
+    """svc: one attempt, a breaker that opens after 2 failures in a row, a fallback store."""
+    return f"""\
+    retries: {{max_attempts: 1}}
+    circuit_breaker: {{consecutive_failures: 2, failure_rate: {failure_rate}, open_duration: 1m}}
+    fallback:
+      cache: {{max_stale: {max_stale}}}
+"""
+
+
+async def test_sighup_during_an_outage_keeps_the_open_circuit_and_the_stored_answers(
+    sidecar: Sidecar,
+) -> None:
+    """A SIGHUP that changes the breaker's failure_rate and the cache's max_stale while svc is
+    down keeps the circuit open and keeps serving the stored answer, with no request sent."""
+    sidecar.write(sidecar.config(policy=outage_policy("50%", "5m")))
+    assert (await sidecar.admin_post("/reload"))[0] == 200
+    assert (await sidecar.get("/bytes/64"))[0] == 200  # stored
+    sidecar.upstream.fail_next(2, 503)
+    for _ in range(2):  # two failures open the circuit; both are answered from the store
+        status, headers = await sidecar.get("/bytes/64")
+        assert (status, headers.get("x-sidecar-fallback")) == (200, "cache")
+    sent = sidecar.upstream.count("/bytes/64")
+    sidecar.write(sidecar.config(policy=outage_policy("30%", "10m")))
+    sidecar.daemon.signal(signal.SIGHUP)
+
+    async def applied() -> bool:
+        return await sidecar.generation() == 3
+
+    await eventually(applied, APPLY_WITHIN, "the SIGHUP reload applied")
+    status, headers = await sidecar.get("/bytes/64")
+    assert (status, headers.get("x-sidecar-fallback")) == (200, "cache")
+    assert sidecar.upstream.count("/bytes/64") == sent  # the circuit is still open
+    assert sidecar.daemon.returncode is None

@@ -823,3 +823,57 @@ async def test_reload_picks_up_an_edited_static_body_file(tmp_path: Path) -> Non
     assert (outcome.applied, outcome.generation, outcome.message) == (True, 2, "applied")
     assert (after.status, after.body) == (503, b'{"v": 22}')
     assert (again.generation, again.message) == (2, "unchanged")
+
+
+async def test_reload_refused_after_compiling_leaves_kept_state_under_its_old_policy(
+    tmp_path: Path, upstream: HttpUpstream
+) -> None:
+    """A reload that disables svc's open breaker but cannot bind a new listener is refused,
+    and the breaker is still open under its old policy: a changed policy reaches kept state
+    only when a reload commits."""
+    path = plain_file(tmp_path, svc_config(upstream, circuit_breaker=BREAKER))
+    with port_taken() as taken:
+        async with running_sidecar_file(path, watch=False) as sc:
+            await open_breaker(sc, upstream)
+            text = svc_config(
+                upstream,
+                listeners=[listener(DEDICATED), listener("blocked", f"{HOST}:{taken}")],
+                circuit_breaker={"enabled": False},
+            )
+            write(path, text)
+            outcome = await sc.runtime.reload()
+            after = await ask(sc, "/ok")
+    assert not outcome.applied
+    assert (after.status, generated_error(after)) == (503, "circuit_open")
+    assert upstream.count("/ok") == 2
+
+
+async def test_reload_keeps_an_ejection_through_an_outlier_policy_change(
+    tmp_path: Path, upstream: HttpUpstream
+) -> None:
+    """An endpoint ejected before a reload that changes `outlier_detection` stays out of
+    rotation after it: every request still needs a single attempt."""
+    dead = f"http://{HOST}:{closed_port()}"
+
+    def text(outliers: dict[str, Any]) -> str:
+        return config(
+            listeners=[listener(DEDICATED)],
+            upstreams={
+                SVC: {
+                    "endpoints": [dead, upstream.url("")],
+                    "outlier_detection": outliers,
+                    "circuit_breaker": {"enabled": False},
+                    "retries": {"backoff": {"initial": "1ms", "max": "1ms"}},
+                }
+            },
+        )
+
+    path = plain_file(tmp_path, text({"consecutive_failures": 2, "base_ejection": "30s"}))
+    async with running_sidecar_file(path, watch=False) as sc:
+        before = [await ask(sc, "/ok") for _ in range(6)]
+        changed = {"consecutive_failures": 3, "base_ejection": "20s", "max_ejection": "1m"}
+        await reload_applied(sc, path, text(changed))
+        after = [await ask(sc, "/ok") for _ in range(4)]
+    assert [r.status for r in before + after] == [200] * 10
+    assert [r.header("x-sidecar-attempts") for r in before[-2:]] == ["1", "1"]
+    assert [r.header("x-sidecar-attempts") for r in after] == ["1"] * 4
