@@ -235,3 +235,17 @@ async def test_https_url_for_an_unknown_cleartext_host_sends_no_cleartext() -> N
         assert received.startswith(b"\x16\x03")  # a TLS handshake record
         assert SECRET not in received
         assert b"GET" not in received
+
+
+async def test_https_url_past_max_implicit_upstreams_is_refused_unsent() -> None:
+    """Past `max_implicit_upstreams` unknown hosts share `other`, which connects in cleartext:
+    an `https://` URL is then refused with 400 and nothing reaches the host."""
+    async with PlainListener() as plain:
+        text = forward(forward={"unknown_hosts": "allow", "max_implicit_upstreams": 0})
+        async with running_sidecar(text) as sc:
+            answer = await raw_exchange(
+                sc.port(FORWARD), _https_get(f"127.0.0.1:{plain.port}", "/x")
+            )
+        assert answer.status == 400
+        assert "'other'" in answer.json()["detail"]
+        assert (plain.connections, bytes(plain.received)) == (0, b"")
