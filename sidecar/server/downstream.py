@@ -319,6 +319,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self._forward = [
                 line for line in self._forward if line.split(b":", 1)[0].lower() not in named
             ]
+            if b"x-request-id" in named:
+                self._request_id = b""  # hop-by-hop, so not forwarded: the sidecar adds its own
         target, authority, host_header, tls = self._resolve_target(method, version)
         server = self._server
         if self._request_id:

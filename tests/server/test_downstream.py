@@ -254,3 +254,19 @@ async def test_downstream_idempotency_key_named_by_connection_does_not_make_post
     assert conn.statuses() == [503, 503]
     assert upstream.count("/status/503") == 4
     assert not upstream.last().has_header("idempotency-key")
+
+
+async def test_downstream_request_id_named_by_connection_is_replaced_by_a_generated_one(
+    connect: Callable[[], Connection], upstream: HttpUpstream
+) -> None:
+    """An `x-request-id` the `Connection` header names is hop-by-hop: the upstream gets the
+    id the sidecar generates instead of none at all."""
+    conn = connect()
+    conn.send(
+        b"GET /echo HTTP/1.1\r\nHost: svc\r\nX-Request-Id: client-id\r\n"
+        b"Connection: X-Request-Id\r\n\r\n"
+    )
+    await conn.answered(1)
+    forwarded = upstream.last().header("x-request-id")
+    assert forwarded is not None
+    assert forwarded != "client-id"
