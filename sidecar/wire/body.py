@@ -79,7 +79,11 @@ class RequestBody:
             self._producer.pause_reading(self)
 
     def finish(self) -> None:
+        """The body's last byte arrived. Its own pause ends here: nothing more of it can come,
+        and what the socket carries next is the next request, whose reading the connection
+        governs (held, this pause would outlive the exchange, as no attach releases it)."""
         self.complete = True
+        self._release_pause()
         if self._consumer is not None:
             self._consumer.end_body()
 

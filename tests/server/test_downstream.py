@@ -17,6 +17,7 @@ import pytest
 
 from sidecar.server.downstream import DownstreamProtocol
 from sidecar.server.proxy import ListenerState
+from sidecar.wire.body import PENDING_HIGH_WATER
 from tests.fakes import MemoryTransport, eventually
 from tests.harness import RunningSidecar, running_sidecar, sidecar_yaml
 from tests.upstreams import HttpUpstream
@@ -232,6 +233,24 @@ async def test_downstream_malformed_pipelined_request_waits_for_the_requests_bef
     assert b"released" in conn.transport.written
     assert upstream.count("/ok") == 1  # the request after the malformed one was never read
     assert upstream.count("/echo") == 0
+
+
+# ---- pause ownership --------------------------------------------------------------------------
+
+
+async def test_downstream_body_that_arrived_whole_leaves_the_connection_reading(
+    connect: Callable[[], Connection],
+) -> None:
+    """A request body past the high-water mark that arrived in full before its attempt started
+    does not keep the socket paused after the answer: the next request is read and answered."""
+    body = b"x" * (PENDING_HIGH_WATER * 2)
+    conn = connect()
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await conn.answered(1)
+    await eventually(lambda: not conn.transport.reading_paused)
+    conn.send(GET_OK)
+    await conn.answered(2)
+    assert conn.statuses() == [200, 200]
 
 
 # ---- retries follow the headers forwarded ----------------------------------------------------------

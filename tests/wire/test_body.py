@@ -145,3 +145,18 @@ def test_body_pauses_again_when_chunks_arrive_for_nobody_after_detach() -> None:
     body.detach()
     body.feed(b"y")
     assert socket.pausers == [body]
+
+
+def test_body_complete_releases_its_pause_before_any_attach() -> None:
+    """A body that ends while held for an attempt stops pausing the client: nothing more of it
+    can arrive, and what the socket carries next belongs to the next request."""
+    socket = _Socket()
+    body = RequestBody(socket, retain_limit=0)
+    body.feed(b"x" * (PENDING_HIGH_WATER + 1))
+    assert socket.pausers == [body]
+    body.finish()
+    assert not socket.paused
+    consumer = _Consumer()
+    body.attach(consumer)
+    assert consumer.ended
+    assert not socket.paused
