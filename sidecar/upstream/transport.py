@@ -7,9 +7,9 @@ into the sidecar's own errors: a deadline into `UpstreamTimeoutError`, a reset i
 
 Pooled keep-alive connections race with the server closing them while idle. A reused
 connection that dies before any byte of the answer is therefore not held against the
-upstream (`upstream_fault=False`), and the request is sent again, once, on a fresh
-connection when resending cannot duplicate it (an idempotent method, a body that can be
-replayed). A request that cannot be resent takes only a recently used connection (see
+upstream (`upstream_fault=False`), and the request is sent again, once, on a new
+connection (never another pooled one: the server may have closed them all in one sweep)
+when resending cannot duplicate it (an idempotent method, a body that can be replayed). A request that cannot be resent takes only a recently used connection (see
 `pool.py`), so it rarely meets the race at all.
 """
 
@@ -66,7 +66,11 @@ class HttpTransport:
                 )
             except UpstreamResetError as error:
                 if reused and not error.upstream_fault and _safe_to_resend(exchange):
-                    continue  # the idle connection was closed under us; nothing was processed
+                    # The idle connection was closed under us; nothing was processed. The
+                    # server may have closed its other idle ones in the same sweep: resend
+                    # on a new connection, never on another pooled one.
+                    max_idle = 0.0
+                    continue
                 raise
             failure = conn.failed_before_relay()
             if failure is not None:

@@ -13,7 +13,7 @@ from sidecar.pipeline.exchange import Exchange, UpstreamResponse
 from sidecar.upstream.transport import HttpTransport
 from sidecar.wire.body import RequestBody
 from tests.fakes import NullProducer, RecordingResponder, eventually
-from tests.upstream.test_pool import OK, MemoryPool, served
+from tests.upstream.test_pool import HEAD, OK, MemoryPool, served
 
 
 def exchange(method: bytes = b"GET", body: RequestBody | None = None) -> Exchange:
@@ -127,3 +127,28 @@ async def test_transport_total_of_a_body_that_had_arrived_is_kept() -> None:
     pool.conns[0].data_received(OK)
     await sending
     assert request.deadline == deadline
+
+
+async def test_transport_resends_on_a_fresh_connection_not_another_pooled_one() -> None:
+    """The resend after a stale pooled connection opens a new connection: another idle one
+    may have been closed by the server in the same sweep, and a second stale reset would
+    fail the request as the upstream's fault."""
+    pool = MemoryPool()
+    first, _ = await pool.acquire(1.0)
+    second, _ = await pool.acquire(1.0)
+    for conn in (first, second):
+        head = conn.start(HEAD, head_only=False, chunked=False, idle_timeout=0.0)
+        conn.end_body()
+        conn.data_received(OK)
+        await head
+        conn.take_buffered_body()
+        conn.release()
+    assert pool.idle_count == 2
+    sending = asyncio.ensure_future(send(pool, exchange()))
+    await eventually(lambda: pool.transports[1].written.count(b"GET /x") == 2)
+    pool.transports[1].peer_resets(None)
+    await eventually(lambda: pool.opened == 3)
+    pool.conns[2].data_received(OK)
+    response = await sending
+    assert response.status == 200
+    assert pool.transports[0].written == HEAD  # the other idle one was not tried
