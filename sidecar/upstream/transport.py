@@ -9,8 +9,9 @@ Pooled keep-alive connections race with the server closing them while idle. A re
 connection that dies before any byte of the answer is therefore not held against the
 upstream (`upstream_fault=False`), and the request is sent again, once, on a new
 connection (never another pooled one: the server may have closed them all in one sweep)
-when resending cannot duplicate it (an idempotent method, a body that can be replayed). A request that cannot be resent takes only a recently used connection (see
-`pool.py`), so it rarely meets the race at all.
+when resending cannot duplicate it (an idempotent method, a body that can be replayed).
+A request that cannot be resent takes only a recently used connection (see `pool.py`), so
+it rarely meets the race at all.
 """
 
 from __future__ import annotations
