@@ -112,15 +112,22 @@ class Upstream:
             self._ssl = kept._ssl
             self.pools = kept.pools
             self._dynamic = kept._dynamic
+            if kept.config.pool != config.pool:
+                self._changes.append(self._apply_pool_policy)
         else:
             self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
             self.pools = [
-                EndpointPool(e, loop, loop_guard, self._ssl, config.tls.server_name)
+                EndpointPool(
+                    e,
+                    loop,
+                    loop_guard,
+                    self._ssl,
+                    config.tls.server_name,
+                    config.pool.idle_timeout,
+                )
                 for e in config.endpoints
             ]
             self._dynamic = OrderedDict()
-        for pool in (*self.pools, *self._dynamic.values()):
-            pool.idle_timeout = config.pool.idle_timeout  # kept pools take a reload's value
         if kept is not None and kept.config.load_balancing == config.load_balancing:
             self._balancer = kept._balancer
         else:
@@ -218,6 +225,14 @@ class Upstream:
     def change_store(self, store: FallbackStore, policy: CachePolicy) -> None:
         """Give a store kept from the previous config its new policy at `apply_changes()`."""
         self._changes.append(partial(store.reconfigure, policy))
+
+    def _apply_pool_policy(self) -> None:
+        """Kept pools (dynamic ones made since this config was compiled, and a kept health
+        probe's own) take the new `pool.idle_timeout` when the reload commits."""
+        idle_timeout = self.config.pool.idle_timeout
+        probe_pools = self.probe.pools if self.probe is not None else ()
+        for pool in (*self.pools, *self._dynamic.values(), *probe_pools):
+            pool.set_idle_timeout(idle_timeout)
 
     def apply_changes(self) -> None:
         """The reload committed: apply the new policies to the state kept from the old config.

@@ -165,6 +165,11 @@ class HealthProbe:
         self._stopped = False
 
     @property
+    def pools(self) -> tuple[EndpointPool, ...]:
+        """The probe's own pools (a reload that keeps the probe sets their idle timeout)."""
+        return self._pools
+
+    @property
     def running(self) -> bool:
         """Checks are being sent: started and not stopped."""
         return bool(self._tasks) and not self._stopped

@@ -78,7 +78,7 @@ class EndpointPool:
         self._idle: list[UpstreamConnection] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
-        self.idle_timeout = idle_timeout  # set again by a reload
+        self.idle_timeout = idle_timeout  # changed by a reload through `set_idle_timeout`
         self.inflight = 0
 
     def sibling(self) -> EndpointPool:
@@ -159,6 +159,19 @@ class EndpointPool:
                 self._expiry = self._loop.call_at(now + self.idle_timeout, self._expire)
         else:
             conn.close()
+
+    def set_idle_timeout(self, idle_timeout: float) -> None:
+        """A reload changed `pool.idle_timeout`: idle connections expire on the new schedule.
+
+        The expiry timer is re-armed for the oldest idle connection, so a shorter timeout
+        takes effect at once instead of when the timer armed for the old one fires.
+        """
+        self.idle_timeout = idle_timeout
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._idle and not self._closing:
+            self._expiry = self._loop.call_at(self._idle[0].idle_since + idle_timeout, self._expire)
 
     def _expire(self) -> None:
         """Close the connections idle for `idle_timeout`; one timer, re-armed when it fires."""

@@ -134,3 +134,31 @@ def test_route_first_matching_route_wins_and_labels(router: Router) -> None:
     assert table.match(b"POST", b"/v1/charge").label == "charge"
     assert table.match(b"POST", b"/v1/charge").per_try == 0.25
     assert table.match(b"POST", b"/v1/reports/x").label == "default"
+
+
+async def test_route_reload_gives_kept_pools_a_changed_idle_timeout_only_when_it_commits() -> None:
+    """A reload that changes `pool.idle_timeout` leaves the kept pools (and their expiry
+    timer) under the old value until it commits, like the other kept state; then idle
+    connections expire under the new one."""
+    loop = asyncio.get_running_loop()
+    old = Router(
+        load_config_text(YAML), loop, LoopGuard(), no_stages, random.Random(0), FakeClock()
+    )
+    changed = YAML.replace(
+        "endpoints: [http://payments.svc:8080]",
+        "endpoints: [http://payments.svc:8080]\n    pool: {idle_timeout: 50ms}",
+    )
+    new = Router(
+        load_config_text(changed),
+        loop,
+        LoopGuard(),
+        no_stages,
+        random.Random(0),
+        FakeClock(),
+        previous=old,
+    )
+    pool = new.dedicated("payments").pools[0]
+    assert pool is old.dedicated("payments").pools[0]
+    assert pool.idle_timeout == 4.0  # compiled, not committed: nothing changed yet
+    old.retire(new)
+    assert pool.idle_timeout == 0.05

@@ -129,3 +129,14 @@ async def test_pool_sibling_keeps_the_idle_timeout(idle_timeout: float) -> None:
     """The health checks' sibling pool expires connections like the traffic's."""
     pool = MemoryPool(idle_timeout=idle_timeout)
     assert pool.sibling().idle_timeout == idle_timeout
+
+
+async def test_pool_shorter_idle_timeout_rearms_the_expiry_timer() -> None:
+    """An idle timeout shortened by a reload closes idle connections on the new schedule,
+    not when the timer armed for the old one fires."""
+    pool = MemoryPool(idle_timeout=10.0)
+    await served(pool)
+    pool.set_idle_timeout(0.03)
+    await asyncio.sleep(0.06)
+    assert pool.idle_count == 0
+    assert pool.transports[0].closed
