@@ -76,6 +76,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_timer",
         "_transport",
         "_tunnel",
+        "_tunnel_early",
         "_upgrade",
         "_url",
         "_write_paused",
@@ -102,6 +103,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._current: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._tunnel: Tunnel | None = None
+        # Bytes after a CONNECT that waits behind requests in flight: its tunnel's, held
+        # (reading stays paused meanwhile) until its turn comes and `_start` opens it.
+        self._tunnel_early: bytearray | None = None
         self._producer: Producer | None = None
         self._write_paused = False
         self._reading_paused = False
@@ -166,6 +170,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.to_upstream(data)
+            return
+        if self._tunnel_early is not None:
+            self._tunnel_early += data  # already read when the queue's pause took effect
             return
         if self._deferred is not None or (self._close_after and self._current is None):
             return  # the connection ends after the answers due: what follows is never parsed
@@ -288,9 +295,15 @@ class DownstreamProtocol(asyncio.Protocol):
         self._reset_request_state()
 
     def _on_upgrade(self, data: bytes, offset: int) -> None:
-        exchange = self._current
-        if exchange is not None and exchange.method == b"CONNECT" and self._tunnel is None:
-            self._tunnel = Tunnel(self, data[offset:])
+        # The request just parsed is the last one queued, or the one in flight.
+        exchange = self._queue[-1] if self._queue else self._current
+        if exchange is not None and exchange.method == b"CONNECT":
+            # Whatever follows a CONNECT belongs to its tunnel, never to the parser: open
+            # the tunnel now, or hold the bytes until the requests before it are answered.
+            if exchange is self._current:
+                self._tunnel = Tunnel(self, data[offset:])
+            else:
+                self._tunnel_early = bytearray(data[offset:])
             return
         # An Upgrade request without a body is forwarded as a plain request (the Upgrade
         # header is hop-by-hop); what follows it is the next request, for a fresh parser.
@@ -405,6 +418,12 @@ class DownstreamProtocol(asyncio.Protocol):
         self._current = exchange
         self._head_sent = False
         self._close_after = False
+        early = self._tunnel_early
+        if early is not None and exchange.method == b"CONNECT":  # a CONNECT's turn has come
+            self._tunnel_early = None
+            self._tunnel = Tunnel(self, bytes(early))
+            if self._client_eof:
+                self._tunnel.downstream_eof()  # passed on to the target once connected
         self._task = self._loop.create_task(self._server.handle(exchange, self._listener))
 
     def _send_continue(self) -> None:

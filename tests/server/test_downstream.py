@@ -54,10 +54,10 @@ async def sidecar(upstream: HttpUpstream) -> AsyncIterator[RunningSidecar]:
 class Connection:
     """One client connection to the `app` listener, driven by hand."""
 
-    def __init__(self, sc: RunningSidecar) -> None:
+    def __init__(self, sc: RunningSidecar, listener: ListenerState | None = None) -> None:
         server = sc.runtime.server
         assert server is not None
-        self.protocol = DownstreamProtocol(server, ListenerState("app", "svc"))
+        self.protocol = DownstreamProtocol(server, listener or ListenerState("app", "svc"))
         self.transport = MemoryTransport(self.protocol)
         if server.limiter is not None:
             server.limiter.opened()  # as the listener does for an accepted socket
@@ -88,6 +88,14 @@ async def connect(sidecar: RunningSidecar) -> AsyncIterator[Callable[[], Connect
     yield factory
     for conn in opened:
         conn.transport.close()
+
+
+@pytest.fixture
+async def forward_connection(sidecar: RunningSidecar) -> AsyncIterator[Connection]:
+    """One hand-driven connection on a forward-proxy listener (absolute URLs, CONNECT)."""
+    conn = Connection(sidecar, ListenerState("fwd", None))
+    yield conn
+    conn.transport.close()
 
 
 # ---- half-close ------------------------------------------------------------------------------
@@ -233,6 +241,51 @@ async def test_downstream_malformed_pipelined_request_waits_for_the_requests_bef
     assert b"released" in conn.transport.written
     assert upstream.count("/ok") == 1  # the request after the malformed one was never read
     assert upstream.count("/echo") == 0
+
+
+# ---- CONNECT behind other requests -------------------------------------------------------------
+
+
+async def test_downstream_connect_pipelined_behind_a_request_tunnels_in_its_turn(
+    forward_connection: Connection, upstream: HttpUpstream
+) -> None:
+    """A CONNECT sent behind a request in flight waits for that answer, then opens its
+    tunnel; the bytes after it are the tunnel's, never parsed as requests."""
+    conn, target = forward_connection, upstream.authority.encode()
+    tunnelled = b"GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n"
+    conn.send(
+        b"GET http://%s/hang HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)
+        + b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)
+        + tunnelled
+    )
+    await eventually(lambda: upstream.count("/hang") == 1)
+    assert conn.transport.written == b""
+    assert upstream.count("/ok") == 0  # held for the tunnel, not forwarded as a request
+    upstream.release()
+    await eventually(lambda: len(conn.statuses()) == 3)
+    assert conn.statuses() == [200, 200, 200]
+    assert b"HTTP/1.1 200 Connection Established\r\n\r\n" in conn.transport.written
+    assert conn.transport.written.endswith(b"ok")
+    assert not conn.transport.closed
+
+
+async def test_downstream_connect_pipelined_behind_a_request_then_eof_tunnels_and_closes(
+    forward_connection: Connection, upstream: HttpUpstream
+) -> None:
+    """A client that half-closes after a pipelined CONNECT and its tunnel bytes still gets the
+    tunnel: its bytes, then its FIN, reach the target once the tunnel is up (the target here
+    closes on a half-close without answering), and the connection ends with the tunnel."""
+    conn, target = forward_connection, upstream.authority.encode()
+    conn.send(
+        b"GET http://%s/ok HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)
+        + b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)
+        + b"GET /ok HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
+    )
+    assert conn.protocol.eof_received() is True
+    await eventually(lambda: conn.transport.closed)
+    assert conn.statuses() == [200, 200]
+    assert conn.transport.written.endswith(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+    assert upstream.count("/ok") == 2
 
 
 # ---- pause ownership --------------------------------------------------------------------------
