@@ -53,6 +53,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_deferred",
         "_expect_continue",
         "_forward",
+        "_framing",
         "_has_te",
         "_head_seen",
         "_head_sent",
@@ -95,6 +96,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._idle_since = 0.0
         self._served = False
         self._parsing: Exchange | None = None  # the request whose body is being received
+        # Bytes of a chunked body that are not body: size lines and extensions since the last
+        # complete chunk, then the trailers, which llhttp holds in memory as it does a head.
+        self._framing = 0
         # A request refused behind others in flight: its answer (error, method for the log)
         # waits for its turn, and nothing more is read meanwhile.
         self._deferred: tuple[ProxyError, str] | None = None
@@ -181,6 +185,8 @@ class DownstreamProtocol(asyncio.Protocol):
             # starts a head is counted from the next one (the offset of the head in it is
             # unknown); complete lines are counted exactly by on_url and on_header.
             self._head_seen += len(data)
+        elif self._parsing is not None and self._has_te:
+            self._framing += len(data)  # less the body bytes in it (on_body)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -194,13 +200,13 @@ class DownstreamProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(BadRequestError(f"malformed request: {_parser_message(exc)}"))
         else:
-            if (
-                self._head_started is not None
-                and self._head_seen > self._server.limits.max_header_bytes
-            ):
+            limit = self._server.limits.max_header_bytes
+            if self._head_started is not None and self._head_seen > limit:
                 self._reject(
                     HeadersTooLargeError("request line and headers are over the size limit")
                 )
+            elif self._parsing is not None and self._framing > limit:
+                self._reject(HeadersTooLargeError("chunk framing or trailers over the size limit"))
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:
@@ -276,6 +282,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_started = None
+        self._framing = 0
         exchange = self._build_exchange()
         self._parsing = exchange
         if self._current is None:
@@ -285,8 +292,14 @@ class DownstreamProtocol(asyncio.Protocol):
             self._set_paused(queue=True)
 
     def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
         if self._body is not None:
             self._body.feed(body)
+
+    def on_chunk_complete(self) -> None:
+        # A chunk (or the last one with its trailers) ended: its framing was within the limit.
+        # The rest of this read goes uncounted, as for a head: one read at most.
+        self._framing = 0
 
     def on_message_complete(self) -> None:
         self._parsing = None

@@ -164,6 +164,38 @@ async def test_downstream_oversized_pipelined_head_is_refused_in_its_turn(
     assert b"released" in conn.transport.written
 
 
+async def test_downstream_oversized_chunked_trailers_are_refused(
+    connect: Callable[[], Connection], upstream: HttpUpstream
+) -> None:
+    """Trailers are a header section too: past `max_header_bytes` the request is refused (431,
+    then the close) instead of growing in memory without bound."""
+    conn = connect()
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: "
+    )
+    for _ in range(MAX_HEADER_BYTES // 1024 + 2):
+        conn.send(b"a" * 1024)
+    await eventually(lambda: conn.transport.closed)
+    assert conn.statuses() == [431]
+
+
+async def test_downstream_many_small_chunks_are_not_mistaken_for_large_trailers(
+    connect: Callable[[], Connection], upstream: HttpUpstream
+) -> None:
+    """Chunk framing is not a header section: a body of many tiny chunks, framing well past
+    `max_header_bytes` in total, is forwarded whole, followed by small trailers."""
+    chunks = b"1\r\nx\r\n" * MAX_HEADER_BYTES
+    conn = connect()
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for start in range(0, len(chunks), 1000):
+        conn.send(chunks[start : start + 1000])
+    conn.send(b"0\r\nX-Trailer: ok\r\n\r\n")
+    await conn.answered(1)
+    assert conn.statuses() == [200]
+    assert b'"body_length":%d' % MAX_HEADER_BYTES in conn.transport.written.replace(b" ", b"")
+
+
 async def test_downstream_head_pipelined_behind_a_finished_request_keeps_the_header_timeout(
     connect: Callable[[], Connection],
 ) -> None:
