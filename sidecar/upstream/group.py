@@ -14,7 +14,7 @@ import random
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import TYPE_CHECKING
 
 from sidecar.cache import FallbackStore
@@ -342,9 +342,22 @@ class Upstream:
         return f"Upstream({self.name!r}, endpoints={len(self.pools)}, inflight={self.inflight})"
 
 
+@cache
+def default_tls_context() -> ssl.SSLContext:
+    """The verified context (system trust store, ALPN `http/1.1`) shared by every upstream
+    without `tls.ca_file` or `verify: false`: each implicit `https:host:port` upstream takes
+    it, so the trust store is loaded once per process, not on the event loop per new host.
+    Read-only once built; SNI and the verified name are set per connection."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 def _ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     """TLS origination settings of one upstream (verify, ca_file); SNI is set per connection."""
     ca_file = config.tls.ca_file
+    if ca_file is None and config.tls.verify:
+        return default_tls_context()
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     except (OSError, ssl.SSLError) as exc:

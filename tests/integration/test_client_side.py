@@ -8,17 +8,19 @@ import contextlib
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 from aiohttp import web
 
+from sidecar.upstream.group import default_tls_context
 from tests.harness import running_sidecar, sidecar_yaml
 from tests.integration.configs import FORWARD, forward
 from tests.integration.rawhttp import RawClient, raw_exchange
-from tests.upstreams import HttpUpstream
+from tests.upstreams import HttpUpstream, closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +209,21 @@ async def test_https_url_for_an_upstream_with_http_endpoints_is_refused_unsent()
         assert (plain.connections, bytes(plain.received)) == (0, b"")
 
 
+@pytest.fixture
+def fresh_default_tls() -> Iterator[None]:
+    """The shared default TLS context is built anew inside the test (which may point the
+    trust store elsewhere) and forgotten after it, so no test sees another's trust store."""
+    default_tls_context.cache_clear()
+    yield
+    default_tls_context.cache_clear()
+
+
 async def test_https_url_for_an_unknown_host_goes_over_verified_tls(
-    ca: trustme.CA, tls_upstream: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ca: trustme.CA,
+    tls_upstream: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_default_tls: None,
 ) -> None:
     """An `https://` URL for a host no upstream claims is sent over TLS, verified against the
     system trust store (here pointed at the test CA), through its own implicit upstream."""
@@ -249,3 +264,23 @@ async def test_https_url_past_max_implicit_upstreams_is_refused_unsent() -> None
         assert answer.status == 400
         assert "'other'" in answer.json()["detail"]
         assert (plain.connections, bytes(plain.received)) == (0, b"")
+
+
+async def test_https_urls_for_new_hosts_share_one_default_tls_context(
+    monkeypatch: pytest.MonkeyPatch, fresh_default_tls: None
+) -> None:
+    """Each new `https://` host gets its own implicit upstream but not its own TLS context: the
+    system trust store is loaded once, not on the event loop for every new host."""
+    loads: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    async with running_sidecar(forward()) as sc:
+        for port in (closed_port(), closed_port()):
+            answer = await raw_exchange(sc.port(FORWARD), _https_get(f"127.0.0.1:{port}", "/x"))
+            assert answer.status == 502
+    assert len(loads) == 1
