@@ -438,9 +438,20 @@ class UpstreamConnection(asyncio.Protocol):
         return self._closed or (transport is not None and transport.is_closing())
 
     def close(self) -> None:
-        if self._transport is not None and not self._closed:
-            self._closed = True
-            self._transport.close()
+        """Close for good; reset instead when request bytes are still unsent or queued.
+
+        A graceful close first flushes the write buffer, and an upstream that answered
+        early and stopped reading never lets it: the socket, its buffer and the client's
+        pause would stay until the upstream closes. Nothing more is wanted from it.
+        """
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        if not self._request_sent or transport.get_write_buffer_size():
+            self.abort()
+            return
+        self._closed = True
+        transport.close()
 
     def abort(self) -> None:
         if self._transport is not None:

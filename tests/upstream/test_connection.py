@@ -246,6 +246,39 @@ async def test_connection_attach_does_not_resume_a_client_the_connection_paused(
     assert client.pausers == []
 
 
+async def test_connection_answered_before_its_request_was_sent_is_aborted_when_released() -> None:
+    """An upstream that answers before the request body has been sent and then reads no
+    more is reset when the exchange ends: a graceful close would wait forever for it to read
+    the queued request bytes, keeping the socket and its buffer."""
+    target = pool()
+    conn, transport = connect(target)
+    head = conn.start(HEAD, head_only=False, chunked=True, idle_timeout=0.0)
+    body = RequestBody(NullProducer(), retain_limit=0)
+    body.attach(conn)
+    body.feed(b"x" * 1000)
+    conn.data_received(OK)
+    await head
+    conn.take_buffered_body()
+    conn.release()
+    assert (transport.closed, transport.aborted, target.idle_count) == (True, True, 0)
+
+
+async def test_connection_sent_request_still_buffered_is_aborted_when_not_reusable() -> None:
+    """A connection that cannot be reused and still holds unsent request bytes is reset;
+    one whose request went out entirely ends with a graceful close."""
+    for buffered in (True, False):
+        conn, transport = connect()
+        head = conn.start(HEAD, head_only=False, chunked=False, idle_timeout=0.0)
+        conn.end_body()
+        if buffered:
+            transport.fill_write_buffer()
+        conn.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await head
+        conn.take_buffered_body()
+        conn.release()
+        assert (transport.closed, transport.aborted) == (True, buffered)
+
+
 # ---- idle time and back-pressure ------------------------------------------------------------
 
 
