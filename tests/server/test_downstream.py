@@ -9,6 +9,7 @@ on every head, timers, and refusals answered in their own turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -23,6 +24,9 @@ from tests.harness import RunningSidecar, running_sidecar, sidecar_yaml
 from tests.upstreams import HttpUpstream
 
 HEADER_TIMEOUT = 0.05
+# For tests about something else than the header timer: long enough that a loaded machine's
+# slow upstream answer never turns an expected 431 into a 408.
+PATIENT_HEADER_TIMEOUT = 30.0
 KEEPALIVE_TIMEOUT = 0.3
 MAX_HEADER_BYTES = 4096
 
@@ -35,9 +39,24 @@ PARTIAL_HEAD = b"GET /echo HTTP/1.1\r\nHost: svc\r\nX-Slow: a"
 @pytest.fixture
 async def sidecar(upstream: HttpUpstream) -> AsyncIterator[RunningSidecar]:
     """A sidecar with short client-side timers and a dedicated listener `app` → `svc`."""
+    async with sidecar_with(upstream, HEADER_TIMEOUT) as sc:
+        yield sc
+
+
+@pytest.fixture
+async def patient_sidecar(upstream: HttpUpstream) -> AsyncIterator[RunningSidecar]:
+    """The same sidecar with a header timeout that never fires within a test."""
+    async with sidecar_with(upstream, PATIENT_HEADER_TIMEOUT) as sc:
+        yield sc
+
+
+@contextlib.asynccontextmanager
+async def sidecar_with(
+    upstream: HttpUpstream, header_timeout: float
+) -> AsyncIterator[RunningSidecar]:
     text = sidecar_yaml(f"""
         limits:
-          header_timeout: {HEADER_TIMEOUT}s
+          header_timeout: {header_timeout}s
           keepalive_timeout: {KEEPALIVE_TIMEOUT}s
           max_header_bytes: {MAX_HEADER_BYTES}B
         listeners:
@@ -78,6 +97,21 @@ class Connection:
 @pytest.fixture
 async def connect(sidecar: RunningSidecar) -> AsyncIterator[Callable[[], Connection]]:
     """Opens hand-driven connections; any left open are closed after the test."""
+    async with connections(sidecar) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def patient_connect(
+    patient_sidecar: RunningSidecar,
+) -> AsyncIterator[Callable[[], Connection]]:
+    """Like `connect`, to the sidecar whose header timer never fires within a test."""
+    async with connections(patient_sidecar) as factory:
+        yield factory
+
+
+@contextlib.asynccontextmanager
+async def connections(sidecar: RunningSidecar) -> AsyncIterator[Callable[[], Connection]]:
     opened: list[Connection] = []
 
     def factory() -> Connection:
@@ -115,10 +149,10 @@ async def test_downstream_half_closed_client_gets_its_answer_then_the_close(
 
 
 async def test_downstream_half_close_answers_pipelined_requests_before_closing(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """Complete requests pipelined before the FIN are all answered, in order, then it closes."""
-    conn = connect()
+    conn = patient_connect()
     conn.send(GET_OK + b"GET /status/201 HTTP/1.1\r\nHost: svc\r\n\r\n" + PARTIAL_HEAD)
     conn.protocol.eof_received()
     await eventually(lambda: conn.transport.closed)
@@ -130,11 +164,11 @@ async def test_downstream_half_close_answers_pipelined_requests_before_closing(
 
 
 async def test_downstream_head_pipelined_behind_a_finished_request_keeps_the_size_limit(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """A head that began behind a request keeps counting against `max_header_bytes` after
     that request is answered: 431, then the close."""
-    conn = connect()
+    conn = patient_connect()
     conn.send(GET_OK + PARTIAL_HEAD)
     await conn.answered(1)
     for _ in range(MAX_HEADER_BYTES // 1024 + 1):
@@ -145,11 +179,11 @@ async def test_downstream_head_pipelined_behind_a_finished_request_keeps_the_siz
 
 
 async def test_downstream_oversized_pipelined_head_is_refused_in_its_turn(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """An oversized head behind a request in flight stops the reading at once; the request in
     flight is answered first, then the 431, then the close."""
-    conn = connect()
+    conn = patient_connect()
     conn.send(GET_HANG + PARTIAL_HEAD)
     await eventually(lambda: upstream.count("/hang") == 1)
     for _ in range(MAX_HEADER_BYTES // 1024 + 1):
@@ -165,11 +199,11 @@ async def test_downstream_oversized_pipelined_head_is_refused_in_its_turn(
 
 
 async def test_downstream_oversized_chunked_trailers_are_refused(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """Trailers are a header section too: past `max_header_bytes` the request is refused (431,
     then the close) instead of growing in memory without bound."""
-    conn = connect()
+    conn = patient_connect()
     conn.send(
         b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n0\r\nX-Trailer: "
@@ -181,12 +215,12 @@ async def test_downstream_oversized_chunked_trailers_are_refused(
 
 
 async def test_downstream_many_small_chunks_are_not_mistaken_for_large_trailers(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """Chunk framing is not a header section: a body of many tiny chunks, framing well past
     `max_header_bytes` in total, is forwarded whole, followed by small trailers."""
     chunks = b"1\r\nx\r\n" * MAX_HEADER_BYTES
-    conn = connect()
+    conn = patient_connect()
     conn.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n")
     for start in range(0, len(chunks), 1000):
         conn.send(chunks[start : start + 1000])
@@ -258,11 +292,11 @@ async def test_downstream_idle_keepalive_connection_closes_after_keepalive_timeo
 
 
 async def test_downstream_malformed_pipelined_request_waits_for_the_requests_before_it(
-    connect: Callable[[], Connection], upstream: HttpUpstream
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
 ) -> None:
     """A malformed request behind one in flight and one queued neither cancels nor replaces
     them: both are answered, then the 400, then the close."""
-    conn = connect()
+    conn = patient_connect()
     conn.send(GET_HANG + GET_OK + TWO_HOSTS + GET_OK)
     await eventually(lambda: upstream.count("/hang") == 1)
     assert conn.transport.written == b""
