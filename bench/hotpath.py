@@ -95,6 +95,9 @@ class MemoryTransport:
     def can_write_eof(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is delivered at once
+
     def get_extra_info(self, name: str, default=None):
         return ("127.0.0.1", 18180) if name == "peername" else default
 
