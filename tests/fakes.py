@@ -616,6 +616,11 @@ class MemoryTransport:
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self.peername if name == "peername" else default
 
+    @property
+    def ended(self) -> bool:
+        """The protocol ended its side: closed, or sent FIN (the peer reads EOF either way)."""
+        return self.closed or self.eof_written
+
     # -- test controls --------------------------------------------------------------------
 
     def take_written(self) -> bytes:

@@ -36,6 +36,13 @@ if TYPE_CHECKING:
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# After an answer that ends the connection while the client may still be sending (an unread
+# request body, pipelined bytes behind a refusal), the sidecar sends FIN and reads on,
+# discarding, for at most this long before it closes: closing a socket with unread bytes in
+# it sends a reset, and a reset makes the client's kernel drop the answer it had not read
+# yet. nginx calls this lingering close (its `lingering_time` is 30 s, `lingering_timeout` 5 s).
+LINGER_TIME = 5.0
+
 
 class DownstreamProtocol(asyncio.Protocol):
     """Parses requests from one client and answers them in order."""
@@ -62,6 +69,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_host_count",
         "_idempotency_key",
         "_idle_since",
+        "_linger_until",
         "_listener",
         "_loop",
         "_parser",
@@ -90,6 +98,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._timer: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0  # lingering close in progress until then (0: not lingering)
         # What the connection timer enforces (see `_on_timer`): a head in progress since
         # `_head_started`, else no request since `_idle_since` (`_served`: after one answer).
         self._head_started: float | None = None
@@ -169,9 +178,33 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def _close_after_answer(self) -> None:
+        """End the connection after its last answer without losing that answer to a reset.
+
+        The client may still be sending (a body the sidecar did not read, bytes behind a
+        refusal). Closing now would reset the connection and the client might never read
+        the answer; so the sidecar sends FIN, keeps reading and discarding until the
+        client's own FIN, and closes then, or after `LINGER_TIME` at the latest.
+        """
+        transport = self._transport
+        if transport is None or self._linger_until:
+            return
+        if self._client_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        self._linger_until = self._loop.time() + LINGER_TIME
+        transport.write_eof()
+        self._body_pausers.clear()
+        self._set_paused(queue=False)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._linger_until, self._on_timer)
+
     # ---- reading -----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_until:
+            return  # closing: read only to drain the socket
         if self._tunnel is not None:
             self._tunnel.to_upstream(data)
             return
@@ -209,6 +242,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._reject(HeadersTooLargeError("chunk framing or trailers over the size limit"))
 
     def eof_received(self) -> bool:
+        if self._linger_until:
+            return False  # the client is done too: the transport closes
         if self._tunnel is not None:
             self._tunnel.downstream_eof()
             return True
@@ -586,13 +621,11 @@ class DownstreamProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if (
-            self._close_after
-            or self._server.draining
-            or self._body_unread(exchange)
-            or exchange.method == b"CONNECT"
-        ):
+        if exchange.method == b"CONNECT":
             transport.close()
+            return
+        if self._close_after or self._server.draining or self._body_unread(exchange):
+            self._close_after_answer()
             return
         if self._queue:
             self._start(self._queue.popleft())
@@ -602,7 +635,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._deferred is not None:  # a refused request's turn has come: answer, close
             error, method = self._deferred
             self._refuse(error, method, answer=True)
-            transport.close()
+            self._close_after_answer()
             return
         if self._client_eof:  # every request the client sent is answered
             transport.close()
@@ -710,9 +743,17 @@ class DownstreamProtocol(asyncio.Protocol):
         """
         self._timer = None
         transport = self._transport
-        if transport is None or self._deferred is not None:
-            return  # closed, or closing once the answers due are written
+        if transport is None:
+            return
         now = self._loop.time()
+        if self._linger_until:
+            if now >= self._linger_until:
+                transport.abort()  # the client neither read nor finished: stop waiting
+            else:
+                self._timer = self._loop.call_at(self._linger_until, self._on_timer)
+            return
+        if self._deferred is not None:
+            return  # closing once the answers due are written
         limits = self._server.limits
         check = now + limits.header_timeout
         if self._head_started is not None:
@@ -758,7 +799,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # `_head_sent` still describes the previous answer on a keep-alive connection;
         # only a response being written right now makes the error page impossible.
         self._refuse(error, method, answer=current is None or not self._head_sent)
-        self._transport.close()
+        self._close_after_answer()
 
     def _refuse(self, error: ProxyError, method: str, *, answer: bool) -> None:
         """Log a refusal (it was never forwarded) and write its error page if `answer`."""

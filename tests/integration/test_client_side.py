@@ -20,7 +20,7 @@ from sidecar.upstream.group import default_tls_context
 from tests.harness import running_sidecar, sidecar_yaml
 from tests.integration.configs import FORWARD, forward
 from tests.integration.rawhttp import RawClient, raw_exchange
-from tests.upstreams import HttpUpstream, closed_port
+from tests.upstreams import HttpUpstream, RawConnection, RawUpstream, closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +126,55 @@ async def test_oversized_pipelined_head_gets_431_after_the_answer_in_flight(
     assert _statuses(raw) == [b"200", b"431"]
     assert b"slow" in raw
     assert upstream.total == 1
+
+
+def _upload_then_read(port: int, head: bytes, body: bytes) -> tuple[bytes, str]:
+    """Send a whole upload as a plain client does (blocking, no reading meanwhile), then read
+    until EOF; returns what was read and the error that broke the upload, if any."""
+    error = ""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5.0)
+        try:
+            sock.sendall(head + body)
+        except OSError as exc:
+            error = type(exc).__name__
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError as exc:
+            error = error or type(exc).__name__
+    return received, error
+
+
+async def test_answer_before_the_upload_ended_reaches_the_client(upstream: HttpUpstream) -> None:
+    """An upstream that answers before reading the request body: the client, still uploading,
+    reads the whole answer and then EOF, instead of losing it to a reset (lingering close)."""
+
+    async def answer_early(conn: RawConnection) -> None:
+        await conn.reader.readuntil(b"\r\n\r\n")  # the head only; the body stays unread
+        await conn.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        await asyncio.get_running_loop().create_future()  # hold the connection
+
+    early = RawUpstream(answer_early, "answer_early")
+    await early.start()
+    try:
+        config = sidecar_yaml(f"""
+            listeners:
+              - {{name: app, bind: "127.0.0.1:0", upstream: svc}}
+            upstreams:
+              svc:
+                endpoints: ["{early.url("")}"]
+            """)
+        body = b"x" * (8 * 1024 * 1024)
+        head = b"POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(body)
+        async with running_sidecar(config) as sc:
+            received, error = await asyncio.to_thread(_upload_then_read, sc.port("app"), head, body)
+    finally:
+        await early.close()
+    assert error == ""
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert received.endswith(b"too big!")
 
 
 # ---- https:// URLs on a forward listener ---------------------------------------------------------

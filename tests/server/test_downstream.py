@@ -174,7 +174,7 @@ async def test_downstream_head_pipelined_behind_a_finished_request_keeps_the_siz
     for _ in range(MAX_HEADER_BYTES // 1024 + 1):
         conn.send(b"a" * 1024)
     assert conn.statuses() == [200, 431]
-    assert conn.transport.closed
+    assert conn.transport.ended
     assert upstream.total == 1
 
 
@@ -190,10 +190,10 @@ async def test_downstream_oversized_pipelined_head_is_refused_in_its_turn(
         conn.send(b"a" * 1024)
     assert conn.transport.reading_paused
     assert conn.transport.written == b""
-    assert not conn.transport.closed
+    assert not conn.transport.ended
     conn.send(b"a" * 1_000_000)  # already read when the pause took effect: dropped, not parsed
     upstream.release()
-    await eventually(lambda: conn.transport.closed)
+    await eventually(lambda: conn.transport.ended)
     assert conn.statuses() == [200, 431]
     assert b"released" in conn.transport.written
 
@@ -210,7 +210,7 @@ async def test_downstream_oversized_chunked_trailers_are_refused(
     )
     for _ in range(MAX_HEADER_BYTES // 1024 + 2):
         conn.send(b"a" * 1024)
-    await eventually(lambda: conn.transport.closed)
+    await eventually(lambda: conn.transport.ended)
     assert conn.statuses() == [431]
 
 
@@ -237,7 +237,7 @@ async def test_downstream_head_pipelined_behind_a_finished_request_keeps_the_hea
     conn = connect()
     conn.send(GET_OK + PARTIAL_HEAD)
     await conn.answered(1)
-    await eventually(lambda: conn.transport.closed, within=1.0)
+    await eventually(lambda: conn.transport.ended, within=1.0)
     assert conn.statuses() == [200, 408]
 
 
@@ -251,7 +251,7 @@ async def test_downstream_slow_head_behind_a_request_in_flight_gets_408_in_its_t
     await eventually(lambda: conn.transport.reading_paused, within=1.0)
     assert conn.transport.written == b""
     upstream.release()
-    await eventually(lambda: conn.transport.closed)
+    await eventually(lambda: conn.transport.ended)
     assert conn.statuses() == [200, 408]
 
 
@@ -269,7 +269,7 @@ async def test_downstream_head_after_an_idle_keepalive_pause_keeps_the_header_ti
     await asyncio.sleep(HEADER_TIMEOUT * 2)  # idle: the connection timer fires meanwhile
     assert not conn.transport.closed
     conn.send(PARTIAL_HEAD)
-    await eventually(lambda: conn.transport.closed, within=1.0)
+    await eventually(lambda: conn.transport.ended, within=1.0)
     assert conn.statuses() == [200, 408]
 
 
@@ -302,11 +302,59 @@ async def test_downstream_malformed_pipelined_request_waits_for_the_requests_bef
     assert conn.transport.written == b""
     assert conn.transport.reading_paused
     upstream.release()
-    await eventually(lambda: conn.transport.closed)
+    await eventually(lambda: conn.transport.ended)
     assert conn.statuses() == [200, 200, 400]
     assert b"released" in conn.transport.written
     assert upstream.count("/ok") == 1  # the request after the malformed one was never read
     assert upstream.count("/echo") == 0
+
+
+# ---- lingering close ---------------------------------------------------------------------------
+
+
+async def test_downstream_refusal_sends_fin_and_drains_until_the_clients_eof(
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
+) -> None:
+    """After a refusal the sidecar sends FIN, not a reset: it keeps reading (and discarding)
+    what the client still sends, and closes at the client's own FIN."""
+    conn = patient_connect()
+    conn.send(TWO_HOSTS + b"more bytes the client had in flight")
+    assert conn.statuses() == [400]
+    assert conn.transport.eof_written
+    assert not conn.transport.closed
+    assert not conn.transport.reading_paused  # reading on, so nothing unread triggers a reset
+    written = len(conn.transport.written)
+    conn.send(GET_OK + b"x" * 100_000)
+    assert len(conn.transport.written) == written  # discarded, never parsed
+    assert conn.protocol.eof_received() is False  # the transport closes itself
+    assert upstream.total == 0
+
+
+async def test_downstream_unread_request_body_lingers_after_the_answer(
+    patient_connect: Callable[[], Connection], upstream: HttpUpstream
+) -> None:
+    """An answer given before the request body arrived ends with FIN and a drain, so the
+    client still uploading reads the answer instead of a reset."""
+    conn = patient_connect()
+    conn.send(b"POST /status/403 HTTP/1.1\r\nHost: svc\r\nContent-Length: 1000000\r\n\r\n")
+    conn.send(b"x" * 70_000)  # more than is held for an attempt: the client is paused
+    await eventually(lambda: conn.transport.ended)
+    assert conn.statuses() == [403]
+    assert not conn.transport.closed
+    assert not conn.transport.reading_paused
+    conn.send(b"x" * 100_000)  # the rest of the upload is read and dropped
+
+
+async def test_downstream_lingering_close_gives_up_after_linger_time(
+    patient_connect: Callable[[], Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that neither reads nor finishes is cut off once `LINGER_TIME` is over."""
+    monkeypatch.setattr("sidecar.server.downstream.LINGER_TIME", 0.05)
+    conn = patient_connect()
+    conn.send(TWO_HOSTS)
+    assert conn.transport.eof_written
+    await eventually(lambda: conn.transport.closed, within=1.0)
+    assert conn.transport.aborted
 
 
 # ---- CONNECT behind other requests -------------------------------------------------------------
