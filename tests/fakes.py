@@ -19,8 +19,9 @@ from sidecar.clock import Clock
 from sidecar.errors import AttemptError, BodyStreamError, ProxyError, UpstreamConnectError
 from sidecar.events import Event, Observer
 from sidecar.outcome import AttemptResult
-from sidecar.pipeline.exchange import Exchange, Responder, Transport, UpstreamResponse
+from sidecar.pipeline.exchange import Exchange, Responder
 from sidecar.upstream.pool import EndpointPool
+from sidecar.upstream.protocol import Transport, UpstreamResponse
 from sidecar.wire.flow import BodySink, Producer
 from sidecar.wire.headers import Headers
 
@@ -675,7 +676,13 @@ def _check_stage_protocols(
     truncated: TruncatedResponse,
     streaming: StreamingResponse,
 ) -> tuple[
-    Transport, Responder, UpstreamResponse, Producer, BodySink, UpstreamResponse, UpstreamResponse
+    Transport[Exchange],
+    Responder,
+    UpstreamResponse,
+    Producer,
+    BodySink,
+    UpstreamResponse,
+    UpstreamResponse,
 ]:
     """Never called: lets mypy prove the stage fakes satisfy the protocols they stand in for."""
     return transport, responder, response, producer, _Collector(), truncated, streaming

@@ -2,7 +2,8 @@
 
 An `Exchange` is built by the downstream protocol once the request head is parsed and is
 what every stage reads and annotates. Stages never see sockets: they answer through the
-`Responder` (the downstream side) and reach endpoints through a `Transport`.
+`Responder` (the downstream side) and reach endpoints through a `Transport`
+(`sidecar.upstream.protocol`), which an `Exchange` is the `UpstreamRequest` of.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.outcome import Outcome
+
+# `UpstreamResponse` is re-exported for the client protocol, which relays one.
+from sidecar.upstream.protocol import UpstreamResponse as UpstreamResponse
 from sidecar.wire.body import RequestBody
-from sidecar.wire.flow import BodySink
 from sidecar.wire.headers import Headers
 
 if TYPE_CHECKING:
@@ -20,28 +23,6 @@ if TYPE_CHECKING:
     from sidecar.pipeline.fallback import Fallback
     from sidecar.pipeline.route import Route
     from sidecar.upstream.group import Upstream
-    from sidecar.upstream.pool import EndpointPool
-
-
-class UpstreamResponse(Protocol):
-    """A response whose head has arrived; its body is still streaming in."""
-
-    status: int
-    reason: bytes
-    headers: Headers
-    content_length: int | None
-    has_body: bool
-
-    @property
-    def body_complete(self) -> bool: ...
-
-    def take_buffered_body(self) -> list[bytes]: ...
-
-    async def stream_to(self, sink: BodySink) -> None: ...
-
-    def discard(self) -> None: ...
-
-    def release(self) -> None: ...
 
 
 class Responder(Protocol):
@@ -67,26 +48,6 @@ class Responder(Protocol):
     def abort(self) -> None: ...
 
     def finished(self, exchange: Exchange) -> None: ...
-
-
-class Transport(Protocol):
-    """Sends an exchange's request to one endpoint; resolves when the response head arrives.
-
-    The head is due `per_try` after the request has been fully sent, and by
-    `exchange.deadline`; a request whose body is still arriving gets its `total` deadline
-    (`exchange.deadline`, updated) only once that body has been sent. The upload itself is
-    governed by `idle_timeout`.
-    """
-
-    async def send(
-        self,
-        pool: EndpointPool,
-        exchange: Exchange,
-        per_try: float,
-        total: float,
-        connect_timeout: float,
-        idle_timeout: float,
-    ) -> UpstreamResponse: ...
 
 
 Stage = Callable[["Exchange"], Awaitable[None]]

@@ -22,7 +22,8 @@ from sidecar.errors import (
 )
 from sidecar.events import CacheLookup, FallbackServed, Observers
 from sidecar.outcome import FailureMatcher, Outcome, classify_status
-from sidecar.pipeline.exchange import Exchange, Stage, UpstreamResponse
+from sidecar.pipeline.exchange import Exchange, Stage
+from sidecar.upstream.protocol import UpstreamResponse
 from sidecar.wire.flow import BodySink, Producer
 from sidecar.wire.headers import Headers
 

@@ -13,11 +13,12 @@ from sidecar.clock import Clock
 from sidecar.errors import AttemptError, BodyStreamError, UpstreamTimeoutError
 from sidecar.events import AttemptFinished, EndpointEjected, Observers
 from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
-from sidecar.pipeline.exchange import Exchange, Transport, UpstreamResponse
+from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.faults import FaultDecision, FaultInjector, InjectedResponse
 from sidecar.pipeline.route import Route
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.pool import EndpointPool
+from sidecar.upstream.protocol import Transport, UpstreamResponse
 
 
 class Attempt:
@@ -78,7 +79,7 @@ class Forwarder:
         self,
         upstream: Upstream,
         route: Route,
-        transport: Transport,
+        transport: Transport[Exchange],
         clock: Clock,
         observers: Observers,
         faults: FaultInjector,

@@ -13,19 +13,20 @@ from sidecar.clock import Clock
 from sidecar.events import Observers
 from sidecar.outcome import FailureMatcher
 from sidecar.pipeline.admission import Admission
-from sidecar.pipeline.exchange import Stage, Transport
+from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.fallback import Fallback
 from sidecar.pipeline.forward import Forwarder
 from sidecar.pipeline.retry import AttemptLoop
 from sidecar.pipeline.route import Route
 from sidecar.resilience.backoff import Backoff
 from sidecar.upstream.group import Upstream
+from sidecar.upstream.protocol import Transport
 
 
 def build_stages(
     upstream: Upstream,
     route: Route,
-    transport: Transport,
+    transport: Transport[Exchange],
     clock: Clock,
     observers: Observers,
     rng: random.Random,

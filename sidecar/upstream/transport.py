@@ -20,9 +20,9 @@ import asyncio
 import math
 
 from sidecar.errors import UpstreamResetError, UpstreamTimeoutError
-from sidecar.pipeline.exchange import Exchange, UpstreamResponse
 from sidecar.upstream.connection import UpstreamConnection
 from sidecar.upstream.pool import SAFE_REUSE_IDLE, EndpointPool
+from sidecar.upstream.protocol import UpstreamRequest, UpstreamResponse
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -39,7 +39,7 @@ class HttpTransport:
     async def send(
         self,
         pool: EndpointPool,
-        exchange: Exchange,
+        exchange: UpstreamRequest,
         per_try: float,
         total: float,
         connect_timeout: float,
@@ -82,7 +82,7 @@ class HttpTransport:
     async def _exchange_head(
         self,
         conn: UpstreamConnection,
-        exchange: Exchange,
+        exchange: UpstreamRequest,
         head: bytes,
         chunked: bool,
         per_try: float,
@@ -118,12 +118,12 @@ class HttpTransport:
         return "HttpTransport()"
 
 
-def _safe_to_resend(exchange: Exchange) -> bool:
+def _safe_to_resend(exchange: UpstreamRequest) -> bool:
     body = exchange.body
     return exchange.method in _IDEMPOTENT and (body is None or body.can_replay)
 
 
-def _resendable(exchange: Exchange) -> bool:
+def _resendable(exchange: UpstreamRequest) -> bool:
     """Whether the request could be resent after it has been sent, as far as known now."""
     body = exchange.body
     return exchange.method in _IDEMPOTENT and (
@@ -131,7 +131,7 @@ def _resendable(exchange: Exchange) -> bool:
     )
 
 
-def build_head(exchange: Exchange, pool: EndpointPool, chunked: bool) -> bytes:
+def build_head(exchange: UpstreamRequest, pool: EndpointPool, chunked: bool) -> bytes:
     """The request head sent upstream: always HTTP/1.1, framing derived by the sidecar."""
     host = exchange.host_header if exchange.host_header is not None else pool.host_header
     parts = [

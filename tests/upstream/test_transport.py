@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from sidecar.errors import UpstreamResetError
-from sidecar.pipeline.exchange import Exchange, UpstreamResponse
+from sidecar.pipeline.exchange import Exchange
+from sidecar.upstream.protocol import UpstreamResponse
 from sidecar.upstream.transport import HttpTransport
 from sidecar.wire.body import RequestBody
 from tests.fakes import NullProducer, RecordingResponder, eventually
