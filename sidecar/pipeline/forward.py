@@ -14,8 +14,9 @@ from sidecar.errors import AttemptError, BodyStreamError, UpstreamTimeoutError
 from sidecar.events import AttemptFinished, EndpointEjected, Observers
 from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
 from sidecar.pipeline.exchange import Exchange
-from sidecar.pipeline.faults import FaultDecision, FaultInjector, InjectedResponse
+from sidecar.pipeline.faults import InjectedResponse
 from sidecar.pipeline.route import Route
+from sidecar.resilience.faults import FaultDecision, FaultInjector
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.pool import EndpointPool
 from sidecar.upstream.protocol import Transport, UpstreamResponse

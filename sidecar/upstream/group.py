@@ -22,10 +22,10 @@ from sidecar.clock import Clock
 from sidecar.config import BreakerPolicy, CachePolicy, Endpoint, FaultPolicy, UpstreamConfig
 from sidecar.errors import StartupError
 from sidecar.events import Observers
-from sidecar.pipeline.faults import FaultInjector
 from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.resilience.budget import RetryBudget
 from sidecar.resilience.bulkhead import Bulkhead
+from sidecar.resilience.faults import FaultInjector
 from sidecar.resilience.gate import BulkheadGate
 from sidecar.resilience.ratelimit import TokenBucket
 from sidecar.upstream.balancing import Balancer, make_balancer
