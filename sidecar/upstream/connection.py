@@ -3,7 +3,8 @@
 An asyncio `Protocol` with llhttp (httptools) parsing the responses. It owns the framing of
 the request it writes and the validation of the response head it reads; it hands body bytes
 to a `BodySink` as they arrive and pauses its socket when the sink says so. It knows nothing
-of routes, retries or the client: `transport.py` drives it, `pool.py` keeps it.
+of routes, retries or the client: `transport.py` drives it, `pool.py` keeps it (seen from
+here as a `ConnectionOwner`, so this module does not import the pool).
 
 What it refuses to trust: a body that ends by a reset (RFC 9112 §8: incomplete, even when
 close-delimited), and any byte after the end of the response to the request it sent (the
@@ -14,10 +15,11 @@ connection is closed, never pooled).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
+from sidecar.config import Endpoint
 from sidecar.errors import (
     AttemptError,
     BodyStreamError,
@@ -32,14 +34,23 @@ from sidecar.wire.flow import BodySink, Pausers, Producer
 from sidecar.wire.framing import LAST_CHUNK, chunk
 from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens, is_valid_value
 
-if TYPE_CHECKING:
-    from sidecar.upstream.pool import EndpointPool
-
 # Response bodies buffered before a sink is attached (a retry decision, or the task not yet
 # scheduled) beyond this pause the socket rather than grow memory.
 _PRE_SINK_BUFFER = 256 * 1024
 
 _IDLE, _AWAITING_HEAD, _STREAMING, _DONE = range(4)
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the pool that keeps it (`pool.EndpointPool`): where to
+    go when its exchange is done, and to be dropped when the peer closes it."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+
+    def release(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -83,7 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
         "status",
     )
 
-    def __init__(self, pool: EndpointPool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: ConnectionOwner, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
         self._loop = loop
         self._transport: asyncio.Transport | None = None
