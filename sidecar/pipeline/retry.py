@@ -10,22 +10,19 @@ retry never follows a byte sent downstream.
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from sidecar.clock import Clock, wall_time
 from sidecar.config import RetryPolicy
-from sidecar.errors import CircuitOpenError
 from sidecar.events import (
     Observers,
-    RequestRejected,
     RetryBudgetExhausted,
     RetryScheduled,
 )
 from sidecar.outcome import AttemptResult, FailureMatcher
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.forward import Attempt, Forwarder
+from sidecar.pipeline.guard import BreakerGuard
 from sidecar.resilience.backoff import Backoff, parse_retry_after
-from sidecar.resilience.breaker import CircuitBreaker, CircuitState, Transition
+from sidecar.resilience.breaker import CircuitState
 from sidecar.resilience.budget import RetryBudget
 
 # Methods the client may make retryable with an Idempotency-Key header.
@@ -38,11 +35,11 @@ class AttemptLoop:
 
     __slots__ = (
         "_backoff",
-        "_breaker",
         "_breaker_failures",
         "_budget",
         "_clock",
         "_forwarder",
+        "_guard",
         "_methods",
         "_observers",
         "_policy",
@@ -57,7 +54,7 @@ class AttemptLoop:
         upstream: str,
         route: str,
         forwarder: Forwarder,
-        breaker: CircuitBreaker,
+        guard: BreakerGuard,
         breaker_failures: FailureMatcher,
         policy: RetryPolicy,
         backoff: Backoff,
@@ -68,7 +65,7 @@ class AttemptLoop:
         self._upstream = upstream
         self._route = route
         self._forwarder = forwarder
-        self._breaker = breaker
+        self._guard = guard
         self._breaker_failures = breaker_failures
         self._policy = policy
         self._retry_on = FailureMatcher(policy.on)
@@ -105,23 +102,24 @@ class AttemptLoop:
         body therefore never holds a half-open trial slot; if it breaks off later, outlier
         detection still hears of it through the attempt's result.
         """
-        breaker = self._breaker
-        permit = breaker.try_acquire()
-        self._emit(breaker.take_transition())
+        guard = self._guard
+        permit = guard.try_acquire()
         if permit is None:
-            self._refuse(last)
+            if last is not None and last.response is None and last.error is not None:
+                raise last.error  # the breaker opened during the backoff: the retry is off
+            raise guard.refused()
         try:
             attempt = await self._forwarder.send(exchange, last.pool if last is not None else None)
         except BaseException:
-            breaker.release(permit)  # cancelled, or a bug: the call never completed
+            guard.release(permit)  # cancelled, or a bug: the call never completed
             raise
         if attempt.upstream_fault:
             # What `failure_on` does not list counts as a success, as in resilience4j: a
             # timeout with `failure_on: [5xx]` is a call the upstream answered well enough.
             failed = self._breaker_failures.matches(attempt.result, attempt.status)
-            self._emit(breaker.record(permit, failed, attempt.elapsed))
+            guard.record(permit, failed, attempt.elapsed)
         else:
-            breaker.release(permit)
+            guard.release(permit)
         return attempt, permit.trial
 
     async def _commit(self, exchange: Exchange, attempt: Attempt) -> None:
@@ -135,16 +133,6 @@ class AttemptLoop:
             return
         await self._forwarder.relay(exchange, attempt)
 
-    def _refuse(self, last: Attempt | None) -> NoReturn:
-        """No permit: answer with the last failure if one is at hand, else `circuit_open`."""
-        if last is not None and last.response is None and last.error is not None:
-            raise last.error  # the breaker opened during the backoff: the retry is off
-        self._observers.emit(RequestRejected(self._upstream, "circuit_open"))
-        raise CircuitOpenError(
-            f"the circuit breaker of {self._upstream} is open",
-            retry_after=self._breaker.retry_after(),
-        )
-
     def _retry_delay(self, exchange: Exchange, attempt: Attempt, trial: bool) -> float | None:
         """Seconds to wait before the next attempt, or None when this attempt is final."""
         policy = self._policy
@@ -152,7 +140,7 @@ class AttemptLoop:
             return None
         if exchange.attempts >= policy.max_attempts or trial:
             return None
-        if self._breaker.state is not CircuitState.CLOSED:
+        if self._guard.breaker.state is not CircuitState.CLOSED:
             return None
         if attempt.result is not AttemptResult.CONNECT_FAILURE and not self._method_retryable(
             exchange
@@ -191,9 +179,5 @@ class AttemptLoop:
                 return parse_retry_after(value, wall_time())
         return None
 
-    def _emit(self, transition: Transition | None) -> None:
-        if transition is not None:
-            self._observers.emit(transition.event(self._upstream, self._route))
-
     def __repr__(self) -> str:
-        return f"AttemptLoop(upstream={self._upstream!r}, route={self._route!r}, breaker={self._breaker!r})"
+        return f"AttemptLoop(upstream={self._upstream!r}, route={self._route!r}, {self._guard!r})"

@@ -16,6 +16,7 @@ from sidecar.pipeline.admission import Admission
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.fallback import Fallback
 from sidecar.pipeline.forward import Forwarder
+from sidecar.pipeline.guard import BreakerGuard
 from sidecar.pipeline.retry import AttemptLoop
 from sidecar.pipeline.route import Route
 from sidecar.resilience.backoff import Backoff
@@ -38,7 +39,7 @@ def build_stages(
         upstream=upstream.name,
         route=route.label,
         forwarder=Forwarder(upstream, route, transport, clock, observers, upstream.faults),
-        breaker=route.breaker,
+        guard=BreakerGuard(route.breaker, upstream.name, route.label, observers),
         breaker_failures=FailureMatcher(config.circuit_breaker.failure_on),
         policy=config.retries,
         backoff=Backoff(config.retries.backoff, rng),

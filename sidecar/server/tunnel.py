@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING, cast
 
 from sidecar.errors import (
     BadRequestError,
-    CircuitOpenError,
     LoopDetectedError,
     UpstreamConnectError,
 )
-from sidecar.events import RequestRejected
 from sidecar.pipeline.exchange import Exchange
-from sidecar.resilience.breaker import CircuitBreaker, Permit, Transition
+from sidecar.pipeline.guard import BreakerGuard
 
 if TYPE_CHECKING:
     from sidecar.server.downstream import DownstreamProtocol
@@ -198,36 +196,33 @@ async def run_tunnel(server: ProxyServer, exchange: Exchange, listener: Listener
     exchange.upstream = upstream
     route = upstream.routes.default
     exchange.route = route
-    breaker = upstream.breaker
-    permit = breaker.try_acquire()
-    _emit(server, upstream.name, breaker.take_transition())
+    guard = BreakerGuard(upstream.breaker, upstream.name, route.label, server.observers)
+    permit = guard.try_acquire()
     if permit is None:
-        server.observers.emit(RequestRejected(upstream.name, "circuit_open"))
-        raise CircuitOpenError(
-            f"the circuit breaker of {upstream.name} is open", retry_after=breaker.retry_after()
-        )
+        raise guard.refused()
     host, _, port = exchange.authority.rpartition(":")
     exchange.attempts = 1
-    started = server.clock.now()
+    clock = server.clock
+    started = clock.now()
     try:
         async with asyncio.timeout(route.connect):
             transport, _ = await server.loop.create_connection(
                 lambda: TunnelUpstream(tunnel, downstream.transport), host.strip("[]"), int(port)
             )
     except TimeoutError:
-        _record(server, upstream.name, breaker, permit, True, started)
+        guard.record(permit, True, clock.now() - started)
         raise UpstreamConnectError(
             f"no connection to {exchange.authority} within {route.connect:g}s"
         ) from None
     except OSError as exc:
-        _record(server, upstream.name, breaker, permit, True, started)
+        guard.record(permit, True, clock.now() - started)
         raise UpstreamConnectError(
             f"cannot connect to {exchange.authority}: {exc.strerror or exc}"
         ) from None
     except BaseException:
-        breaker.release(permit)
+        guard.release(permit)  # cancelled: the client went away before the connect ended
         raise
-    _record(server, upstream.name, breaker, permit, False, started)
+    guard.record(permit, False, clock.now() - started)
     if server.loop_guard.is_own_address(transport.get_extra_info("peername")):
         transport.abort()
         raise LoopDetectedError("the tunnel would connect to the sidecar itself")
@@ -240,19 +235,3 @@ async def run_tunnel(server: ProxyServer, exchange: Exchange, listener: Listener
     finally:  # also when the client's disconnect cancels this task: the counts are logged
         exchange.bytes_out = tunnel.bytes_out
         exchange.tunnel_bytes_in = tunnel.bytes_in
-
-
-def _record(
-    server: ProxyServer,
-    upstream: str,
-    breaker: CircuitBreaker,
-    permit: Permit,
-    failed: bool,
-    started: float,
-) -> None:
-    _emit(server, upstream, breaker.record(permit, failed, server.clock.now() - started))
-
-
-def _emit(server: ProxyServer, upstream: str, transition: Transition | None) -> None:
-    if transition is not None:
-        server.observers.emit(transition.event(upstream, "default"))
