@@ -1,15 +1,17 @@
-"""Every Prometheus metric of the sidecar, declared in this one module (SPEC §7).
+"""Every Prometheus metric of the sidecar, declared here or in `hot.py` (SPEC §7).
 
 `SidecarMetrics` is an event observer: stages emit events, this module turns them into
 samples on a `CollectorRegistry` that the caller passes in, so there are no global metric
-objects and tests get a fresh registry each. New metrics (retries, circuit state, fallbacks,
-cache, faults, config reloads) are declared in `SidecarMetrics.__init__` and fed from a
-`case` in `notify`, next to the ones here.
+objects and tests get a fresh registry each. A new metric is declared in
+`SidecarMetrics.__init__` and fed from a `case` in `notify`, next to the others.
 
-It runs on the request path at tens of thousands of events per second, so the label children
-of the hot metrics are bound once per label set and kept in a dict keyed by the raw label
-tuple; `labels()` runs only on a miss. It must never do I/O or block, and it must not read
-live state on the request path: gauges of live state (in-flight) are read at scrape time.
+Three kinds live here. The per-request metrics (requests, their durations, attempts) change
+on every request and are tallied in plain dicts by `hot.py`, which exports them at scrape
+time. The other event-driven counters (retries, transitions, fallbacks, cache lookups,
+faults, reloads, rejections) are prometheus_client metrics updated from `notify`. Gauges of
+live state (in-flight, circuit state, ejections, health, cache size) are collectors that
+read their source at scrape time, never on the request path. Nothing here does I/O or
+blocks: `notify` runs on the event loop at tens of thousands of events per second.
 """
 
 from __future__ import annotations

@@ -25,10 +25,6 @@ class FaultDecision:
         self.abort_status = abort_status  # 0: no injected answer
         self.abort_error = abort_error  # an injected reset
 
-    @property
-    def aborts(self) -> bool:
-        return self.abort_status != 0 or self.abort_error is not None
-
 
 class FaultInjector:
     """Draws, per attempt, whether the configured delay and abort apply."""

@@ -27,7 +27,7 @@ from sidecar.server.errorpage import render_error
 from sidecar.server.tunnel import Tunnel
 from sidecar.wire.body import RequestBody
 from sidecar.wire.flow import Pausers, Producer
-from sidecar.wire.framing import CRLF, HTTP_DATE, LAST_CHUNK, chunk, reason
+from sidecar.wire.framing import CRLF, LAST_CHUNK, chunk, reason
 from sidecar.wire.headers import HOP_BY_HOP, Headers, connection_tokens
 
 if TYPE_CHECKING:
@@ -845,4 +845,4 @@ def _parser_message(exc: Exception) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
-__all__ = ["HTTP_DATE", "DownstreamProtocol"]
+__all__ = ["DownstreamProtocol"]

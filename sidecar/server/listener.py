@@ -56,7 +56,16 @@ class ConnectionLimiter:
 class Listener:
     """One bound socket; `start()` begins accepting, `stop()` stops and closes it."""
 
-    __slots__ = ("_accepting", "_factory", "_limiter", "_loop", "_sock", "address", "name")
+    __slots__ = (
+        "_accepting",
+        "_factory",
+        "_limiter",
+        "_loop",
+        "_serving",
+        "_sock",
+        "address",
+        "name",
+    )
 
     def __init__(
         self,
@@ -69,6 +78,7 @@ class Listener:
         self._loop = loop
         self._factory = factory
         self._limiter = limiter
+        self._serving: set[asyncio.Task[None]] = set()  # accepted sockets being connected
         self._sock: socket.socket | None = None
         self._accepting = False
         self.address: tuple[str, int] = ("", 0)
@@ -129,7 +139,10 @@ class Listener:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             limiter.opened()
-            self._loop.create_task(self._serve(conn))
+            task = self._loop.create_task(self._serve(conn))
+            # The loop keeps only a weak reference to a task: hold it until it is done.
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
         try:

@@ -49,8 +49,3 @@ _FORBIDDEN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 def is_valid_value(value: bytes) -> bool:
     """RFC 9110 field-value: no control characters except HTAB (obs-text is allowed)."""
     return _FORBIDDEN_VALUE.search(value) is None
-
-
-def serialize(headers: Headers) -> bytes:
-    """`name: value\\r\\n` lines for already-validated headers."""
-    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])

@@ -9,7 +9,6 @@ from sidecar.wire.headers import (
     connection_tokens,
     is_valid_name,
     is_valid_value,
-    serialize,
 )
 
 
@@ -77,8 +76,3 @@ def test_headers_name_validation_follows_the_token_grammar(name: bytes, valid: b
 def test_headers_value_validation_refuses_control_characters(value: bytes, valid: bool) -> None:
     """Values may hold HTAB and obs-text but no other control characters."""
     assert is_valid_value(value) is valid
-
-
-def test_headers_serialize_writes_one_line_per_header() -> None:
-    """Serialization keeps order and separators exactly."""
-    assert serialize([(b"a", b"1"), (b"b", b"2")]) == b"a: 1\r\nb: 2\r\n"
