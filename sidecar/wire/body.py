@@ -14,20 +14,11 @@ drops the consumer's pause with it (`set_producer(None)`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
-from sidecar.wire.flow import Producer
+from sidecar.wire.flow import BodySink, Producer
 
 # Bytes held for a consumer that is not attached yet before the client is paused.
 PENDING_HIGH_WATER = 64 * 1024
-
-
-class BodyConsumer(Protocol):
-    def write_body(self, data: bytes) -> None: ...
-
-    def end_body(self) -> None: ...
-
-    def set_producer(self, producer: Producer | None) -> None: ...
 
 
 class RequestBody:
@@ -49,7 +40,7 @@ class RequestBody:
     def __init__(self, producer: Producer, retain_limit: int) -> None:
         self._producer = producer
         self._chunks: list[bytes] = []
-        self._consumer: BodyConsumer | None = None
+        self._consumer: BodySink | None = None
         self._paused = False
         self.retain_limit = retain_limit
         self.size = 0
@@ -87,7 +78,7 @@ class RequestBody:
         if self._consumer is not None:
             self._consumer.end_body()
 
-    def attach(self, consumer: BodyConsumer) -> None:
+    def attach(self, consumer: BodySink) -> None:
         """Send what has arrived so far to `consumer`, then stream the rest to it."""
         self._consumer = consumer
         self.sent = True
