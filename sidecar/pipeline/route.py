@@ -11,17 +11,27 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
-from sidecar.config import Endpoint, RouteConfig, SidecarConfig, UnknownHosts, UpstreamConfig
+from sidecar.config import (
+    CachePolicy,
+    Endpoint,
+    RouteConfig,
+    SidecarConfig,
+    UnknownHosts,
+    UpstreamConfig,
+)
 from sidecar.errors import UnknownUpstreamError
 from sidecar.events import Observers
 from sidecar.pipeline.exchange import Stage
 from sidecar.resilience.breaker import CircuitBreaker
 from sidecar.resilience.budget import RetryBudget
+from sidecar.upstream.bank import Kind, Owner, StateBank
 from sidecar.upstream.group import Upstream
 from sidecar.upstream.loopguard import LoopGuard
+from sidecar.upstream.state import BREAKER, BUDGET, STORE
 
 OVERFLOW_UPSTREAM = "other"
 DEFAULT_ROUTE = "default"
@@ -29,6 +39,8 @@ DEFAULT_ROUTE = "default"
 # cleartext one of the same authority (a host never contains `:`), and no `/` in the name,
 # which the admin API's paths carry.
 TLS_PREFIX = "https:"
+# The process's own entry in the reload bank.
+CACHE_SECRET: Kind[bytes] = Kind("cache_secret")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +126,7 @@ class Router:
     """Finds the upstream and route for a request; creates implicit upstreams on demand."""
 
     _cache_secret: bytes
+    bank: StateBank
 
     __slots__ = (
         "_build_stages",
@@ -127,6 +140,7 @@ class Router:
         "_loop_guard",
         "_observers",
         "_rng",
+        "bank",
         "upstreams",
     )
 
@@ -144,10 +158,13 @@ class Router:
         self._config = config
         self._clock = clock
         self._observers = observers if observers is not None else Observers()
+        # Everything this config holds is taken through its bank, which hands back what the
+        # previous config's may keep; `retire` commits it, `discard` drops it.
+        self.bank = StateBank(previous.bank if previous is not None else None)
         # Keys the hashes that partition cached entries by Authorization/Cookie values; kept
-        # across reloads so that kept stores keep finding their entries.
-        self._cache_secret = (
-            previous._cache_secret if previous is not None else secrets.token_bytes(32)
+        # for the life of the process so that kept stores keep finding their entries.
+        self._cache_secret = self.bank.keep(
+            CACHE_SECRET, Owner(), None, partial(secrets.token_bytes, 32)
         )
         self._loop = loop
         self._loop_guard = loop_guard
@@ -158,9 +175,7 @@ class Router:
         self._by_host: dict[str, Upstream] = {}
         self._implicit: dict[str, Upstream] = {}
         for name, upstream_config in config.upstreams.items():
-            upstream = self._compile(
-                upstream_config, previous.upstreams.get(name) if previous else None
-            )
+            upstream = self._compile(upstream_config)
             self.upstreams[name] = upstream
             for host in upstream_config.hosts:
                 if _has_port(host):
@@ -171,10 +186,11 @@ class Router:
             self._carry_implicit(previous)
 
     def _carry_implicit(self, previous: Router) -> None:
-        """Implicit upstreams of the previous config that are still implicit keep their state."""
+        """Implicit upstreams of the previous config that are still implicit are compiled now,
+        so that the bank hands them their state; the others are swept at commit."""
         if self._config.forward.unknown_hosts == UnknownHosts.DENY:
             return
-        for name, old in previous._implicit.items():
+        for name in previous._implicit:
             if name == OVERFLOW_UPSTREAM:
                 config = self._config.implicit_upstream(OVERFLOW_UPSTREAM, None)
             else:
@@ -183,7 +199,7 @@ class Router:
                 if authority in self._by_authority or authority.rpartition(":")[0] in self._by_host:
                     continue  # now claimed by a configured upstream
                 config = self._config.implicit_upstream(name, _implicit_endpoint(authority, tls))
-            self._implicit[name] = self._compile(config, old)
+            self._implicit[name] = self._compile(config)
 
     def dedicated(self, name: str) -> Upstream:
         return self.upstreams[name]
@@ -225,7 +241,8 @@ class Router:
     def all_upstreams(self) -> list[Upstream]:
         return [*self.upstreams.values(), *self._implicit.values()]
 
-    def _compile(self, config: UpstreamConfig, previous: Upstream | None = None) -> Upstream:
+    def _compile(self, config: UpstreamConfig) -> Upstream:
+        bank = self.bank
         upstream = Upstream(
             config,
             self._loop,
@@ -234,10 +251,8 @@ class Router:
             self._clock,
             self._observers,
             self._cache_secret,
-            previous,
+            bank,
         )
-        kept = previous is not None and upstream.pools is previous.pools
-        old_routes = {r.label: r for r in previous.routes.routes} if kept and previous else {}
         routes = []
         for route_config in config.routes:
             match = route_config.match
@@ -247,60 +262,63 @@ class Router:
                 methods=frozenset(m.encode() for m in match.methods) if match.methods else None,
             )
             label = route_config.label
-            old = old_routes.get(label)
-            if not route_config.own_breaker:
-                breaker = upstream.breaker
-            elif old is not None and old.breaker is not old_upstream_breaker(previous):
-                # A route's own breaker survives the reload too, its state carried into a
-                # changed policy when the reload commits, as the upstream's is.
-                breaker = old.breaker
-                if old.config.circuit_breaker != route_config.circuit_breaker:
-                    upstream.change_breaker(breaker, route_config.circuit_breaker, label)
+            if route_config.own_breaker:
+                # A route's own breaker survives the reload too, by its label, its state
+                # carried into a changed policy when the reload commits, as the upstream's is.
+                policy = route_config.circuit_breaker
+                breaker = bank.carry(
+                    BREAKER,
+                    Owner(config.name, label),
+                    upstream.identity,
+                    policy,
+                    partial(CircuitBreaker, policy, self._clock),
+                    partial(upstream.retune_breaker, policy=policy, route=label),
+                )
             else:
-                breaker = CircuitBreaker(route_config.circuit_breaker, self._clock)
+                breaker = upstream.breaker
             routes.append(Route(label, route_config, matcher, breaker))
         default = Route(DEFAULT_ROUTE, config, None, upstream.breaker)
-        old_store = previous.fallback_store if kept and previous else None
-        for route in (*routes, default):
-            self._attach_state(upstream, route, old_routes.get(route.label), old_store)
+        for route in routes:
+            self._attach_state(upstream, route)
             route.pipeline = self._build_stages(upstream, route)
+        # The default route's policy is its upstream's: it shares the upstream's state.
+        default.budget = upstream.budget
+        default.store = upstream.fallback_store
+        default.pipeline = self._build_stages(upstream, default)
         upstream.routes = RouteTable(routes, default)
         return upstream
 
-    def _attach_state(
-        self,
-        upstream: Upstream,
-        route: Route,
-        old: Route | None,
-        old_upstream_store: FallbackStore | None,
-    ) -> None:
+    def _attach_state(self, upstream: Upstream, route: Route) -> None:
         """A route shares its upstream's budget and store unless it configures its own. Its
-        own budget is kept from the previous config when the route's label and policy are
-        unchanged; its own store when the route had its own store under that label (the
-        upstream's old store went to the upstream), reconfigured if its policy changed."""
+        own budget is kept while its upstream's endpoints, its label and its budget policy
+        are unchanged (the bank remembers which budget each label used, shared or not); its
+        own store is carried while the route had its own store under that label, a changed
+        policy applied at commit."""
         config = route.config
         own = upstream.config
-        if config.retries.budget == own.retries.budget:
+        bank = self.bank
+        owner = Owner(own.name, route.label)
+        budget = config.retries.budget
+        key = (upstream.identity, budget)
+        if budget == own.retries.budget:
             route.budget = upstream.budget
-        elif (
-            old is not None
-            and old.budget is not None
-            and old.config.retries.budget == config.retries.budget
-        ):
-            route.budget = old.budget
+            bank.put(BUDGET, owner, key, upstream.budget)
         else:
-            route.budget = RetryBudget(config.retries.budget, self._clock)
+            route.budget = bank.keep(BUDGET, owner, key, partial(RetryBudget, budget, self._clock))
         cache = config.fallback.cache
         if cache is None:
             route.store = None
         elif cache == own.fallback.cache:
             route.store = upstream.fallback_store
-        elif old is not None and old.store is not None and old.store is not old_upstream_store:
-            route.store = old.store
-            if old.config.fallback.cache != cache:
-                upstream.change_store(old.store, cache)
         else:
-            route.store = FallbackStore(cache, self._clock, self._cache_secret)
+            route.store = bank.carry(
+                STORE,
+                owner,
+                upstream.identity,
+                cache,
+                partial(FallbackStore, cache, self._clock, self._cache_secret),
+                partial(_retune_store, policy=cache),
+            )
 
     def start_health_checks(self) -> None:
         """Start the probes of upstreams with `health_check` (those already running go on).
@@ -317,21 +335,21 @@ class Router:
         await asyncio.gather(*(probe.stop() for probe in probes))
 
     def retire(self, successor: Router) -> None:
-        """After a reload: apply the successor's new policies to the state it kept (breakers,
-        stores, outlier records; they wait until the reload commits), close the pools of
-        upstreams the successor did not keep, and stop the health checks it did not keep
-        (an upstream whose `health_check` changed gets a new probe, which the successor's
-        `start_health_checks()` starts)."""
-        successors = successor.all_upstreams()
-        for upstream in successors:
-            upstream.apply_changes()
-        kept = {id(u.pools) for u in successors}
-        kept_probes = {id(u.probe) for u in successors if u.probe is not None}
-        for upstream in self.all_upstreams():
-            if id(upstream.pools) not in kept:
-                upstream.close()
-            elif upstream.probe is not None and id(upstream.probe) not in kept_probes:
-                upstream.probe.cancel()
+        """After a reload: the successor's carried state takes the new policies it waited for
+        (breakers, stores, outlier records, pools), then what this config held and the
+        successor does not is closed: pools of upstreams it did not keep, health checks it
+        did not keep (an upstream whose `health_check` changed gets a new probe, which the
+        successor's `start_health_checks()` starts)."""
+        bank = successor.bank
+        bank.commit()
+        for retired in bank.sweep():
+            retired.close()
+
+    def discard(self) -> None:
+        """A reload compiled this router but was refused: the state it carried stays as it
+        was, under its old policy, and what it built for itself is closed unused."""
+        for built in self.bank.abort():
+            built.close()
 
     def close(self) -> None:
         for upstream in self.all_upstreams():
@@ -341,8 +359,8 @@ class Router:
         return f"Router(upstreams={len(self.upstreams)}, implicit={len(self._implicit)})"
 
 
-def old_upstream_breaker(previous: Upstream | None) -> CircuitBreaker | None:
-    return previous.breaker if previous is not None else None
+def _retune_store(store: FallbackStore, *, policy: CachePolicy) -> None:
+    store.reconfigure(policy)
 
 
 def _implicit_endpoint(authority: str, tls: bool) -> Endpoint:

@@ -3,8 +3,9 @@
 An invalid file changes nothing: the errors are logged and counted and the old config keeps
 running. A valid one takes effect for new requests; in-flight requests finish under the
 objects they already hold. Upstreams whose endpoints did not change keep their breaker,
-fallback store, endpoint health (and running health checks) and connection pools (the router
-compiles each one against its previous incarnation); listeners are added and removed without
+fallback store, endpoint health (and running health checks) and connection pools: the router
+is compiled against the previous one's state bank, which the reload commits once the new
+config is in force, or drops when it is refused. Listeners are added and removed without
 touching the others.
 """
 
@@ -104,10 +105,13 @@ class Reloader:
     def _apply(self, config: SidecarConfig, source: str) -> ReloadOutcome:
         server = self._server
         old = server.router
+        router: Router | None = None
         try:
             router = self._compile(config, old)
             self._listeners.update(config.listeners)
         except StartupError as exc:
+            if router is not None:
+                router.discard()  # kept state stays under its old policy
             self._observers.emit(ConfigReloadFailed(source, (str(exc),)))
             return ReloadOutcome(
                 False, self.generation, [str(exc)], "the new config cannot be applied"
@@ -119,9 +123,7 @@ class Reloader:
             router.start_health_checks()  # new or changed ones; kept probes run on
         self._on_applied(config)
         self.generation += 1
-        kept = tuple(
-            sorted(u.name for u in router.upstreams.values() if _kept(old, u.name, router))
-        )
+        kept = tuple(sorted(u.name for u in router.upstreams.values() if u.carried))
         rebuilt = tuple(sorted(name for name in router.upstreams if name not in kept))
         self._observers.emit(ConfigReloaded(self.generation, source, kept, rebuilt))
         return ReloadOutcome(True, self.generation, [], "applied")
@@ -147,8 +149,3 @@ def body_files(config: SidecarConfig) -> dict[Path, tuple[int, int]]:
             else:
                 marks[static.body_file] = (stat.st_mtime_ns, stat.st_size)
     return marks
-
-
-def _kept(old: Router, name: str, new: Router) -> bool:
-    previous = old.upstreams.get(name)
-    return previous is not None and previous.pools is new.upstreams[name].pools

@@ -5,6 +5,9 @@ hosts (`other`) has no fixed endpoints: it keeps one pool per authority it is as
 bounded so a scan of many hosts cannot grow memory without limit. An upstream with
 `health_check` owns a `HealthChecker` and the `HealthProbe` that feeds it; the probe runs
 only between `Router.start_health_checks()` and the upstream's `close()`.
+
+A reload builds each upstream against the previous config's `StateBank` (`upstream/bank.py`),
+which hands back the state that survives; the kinds of state are declared here.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ import asyncio
 import random
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import cache, partial
 from typing import TYPE_CHECKING
 
 from sidecar.cache import FallbackStore
 from sidecar.clock import Clock
-from sidecar.config import BreakerPolicy, CachePolicy, Endpoint, FaultPolicy, UpstreamConfig
+from sidecar.config import BreakerPolicy, Endpoint, FaultPolicy, TlsPolicy, UpstreamConfig
 from sidecar.errors import StartupError
 from sidecar.events import Observers
 from sidecar.resilience.breaker import CircuitBreaker
@@ -29,10 +31,25 @@ from sidecar.resilience.faults import FaultInjector
 from sidecar.resilience.gate import BulkheadGate
 from sidecar.resilience.ratelimit import TokenBucket
 from sidecar.upstream.balancing import Balancer, make_balancer
+from sidecar.upstream.bank import Kind, Owner, StateBank
 from sidecar.upstream.health import HealthChecker, HealthProbe
 from sidecar.upstream.loopguard import LoopGuard
 from sidecar.upstream.outlier import OutlierDetector
 from sidecar.upstream.pool import EndpointPool
+from sidecar.upstream.state import (
+    BALANCER,
+    BREAKER,
+    BUCKET,
+    BUDGET,
+    GATE,
+    HEALTH,
+    INFLIGHT,
+    OUTLIERS,
+    POOLS,
+    STORE,
+    EndpointPools,
+    HealthChecks,
+)
 
 if TYPE_CHECKING:
     from sidecar.pipeline.route import Route, RouteTable
@@ -41,20 +58,40 @@ if TYPE_CHECKING:
 MAX_DYNAMIC_POOLS = 256
 
 
+# Where an upstream's operator state lives, read by the next config (`carry_operator_state`).
+OPERATOR: Kind[Upstream] = Kind("operator")
+
+
+def carry_operator_state(bank: StateBank, upstream: Upstream) -> None:
+    """What an operator set at run time outlives a config edit, on purpose, and only this.
+
+    - Runtime faults (`PUT /upstreams/{name}/faults`) follow the upstream's *name*, even when
+      its endpoints changed: a rehearsal is ended by the operator, not by a reload. They are
+      read from the previous upstream when the new one is built, as set at that moment.
+    - A forced circuit (`POST /upstreams/{name}/circuit`) lives in its breaker and goes
+      where the breaker goes: carried with unchanged endpoints (`CircuitBreaker.reconfigure`
+      keeps it through a policy change), gone with changed ones, whose breakers start afresh.
+    """
+    owner = Owner(upstream.name)
+    previous = bank.previous(OPERATOR, owner)
+    if previous is not None:
+        upstream.runtime_faults = previous.runtime_faults
+    bank.put(OPERATOR, owner, None, upstream)
+
+
 class Upstream:
     """A named group of endpoints sharing one policy."""
 
     __slots__ = (
         "_balancer",
-        "_changes",
         "_dynamic",
         "_inflight",
         "_loop",
         "_loop_guard",
         "_observers",
-        "_ssl",
         "breaker",
         "budget",
+        "carried",
         "config",
         "fallback_store",
         "faults",
@@ -70,7 +107,6 @@ class Upstream:
         "runtime_faults",
     )
 
-    _ssl: ssl.SSLContext | None
     _inflight: list[int]
     _balancer: Balancer | None
     _dynamic: OrderedDict[str, EndpointPool]
@@ -83,6 +119,7 @@ class Upstream:
     gate: BulkheadGate
     rate_limit: TokenBucket | None
     fallback_store: FallbackStore | None
+    carried: bool  # its endpoint state came from the previous config (a reload kept it)
 
     def __init__(
         self,
@@ -93,7 +130,7 @@ class Upstream:
         clock: Clock,
         observers: Observers,
         cache_secret: bytes,
-        previous: Upstream | None = None,
+        bank: StateBank,
     ) -> None:
         self.name = config.name
         self.name_bytes = config.name.encode()
@@ -101,103 +138,112 @@ class Upstream:
         self._loop = loop
         self._loop_guard = loop_guard
         self._observers = observers
-        # A reload keeps the state of an upstream whose endpoints did not change (SPEC §6).
-        # Breaker, fallback store and outlier records are kept whatever their policy: a
-        # changed policy is applied to them by `apply_changes()` once the reload commits
-        # (a reload that fails after this point must leave them as they were). The other
-        # pieces are kept when their own policy is unchanged, else rebuilt.
-        kept = previous if previous is not None and previous.same_endpoints(config) else None
-        self._changes: list[Callable[[], None]] = []
-        if kept is not None:
-            self._ssl = kept._ssl
-            self.pools = kept.pools
-            self._dynamic = kept._dynamic
-            if kept.config.pool != config.pool:
-                self._changes.append(self._apply_pool_policy)
-        else:
-            self._ssl = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
-            self.pools = [
-                EndpointPool(
-                    e,
-                    loop,
-                    loop_guard,
-                    self._ssl,
-                    config.tls.server_name,
-                    config.pool.idle_timeout,
-                )
-                for e in config.endpoints
-            ]
-            self._dynamic = OrderedDict()
-        if kept is not None and kept.config.load_balancing == config.load_balancing:
-            self._balancer = kept._balancer
-        else:
-            self._balancer = (
-                make_balancer(config.load_balancing, self.pools, rng) if self.pools else None
-            )
+        # What survives a reload is the bank's one rule (SPEC §6): state is carried while the
+        # upstream talks to the same endpoints the same way (`identity`), and then either kept
+        # when its own policy is unchanged (`keep`) or carried into a changed policy that
+        # applies when the reload commits (`carry`: pools, outlier records, breaker, store).
+        owner = Owner(config.name)
+        identity = self.identity
+        endpoints = bank.carry(
+            POOLS,
+            owner,
+            identity,
+            config.pool,
+            partial(_endpoint_pools, config, loop, loop_guard),
+            lambda _: self._apply_pool_policy(),
+        )
+        self.pools, self._dynamic = endpoints.pools, endpoints.dynamic
+        self.carried = bank.carried(POOLS, owner)
+        self._balancer = bank.keep(
+            BALANCER,
+            owner,
+            (identity, config.load_balancing),
+            lambda: make_balancer(config.load_balancing, self.pools, rng) if self.pools else None,
+        )
         # One cell shared with the previous incarnation: requests admitted under the old
         # config decrement it when they end, so the count stays right across a reload.
-        self._inflight = kept._inflight if kept is not None else [0]
-        if kept is not None:
-            self.outliers = kept.outliers
-            if kept.config.outlier_detection != config.outlier_detection:
-                self._changes.append(partial(self.outliers.reconfigure, config.outlier_detection))
-        else:
-            labels = [p.label for p in self.pools]
-            self.outliers = OutlierDetector(config.outlier_detection, clock, labels)
-        health_check = config.health_check
-        if kept is not None and kept.config.health_check == health_check:
-            # The probe keeps running: no fresh jitter, no gap in the checks, no lost streaks.
-            self.health, self.probe = kept.health, kept.probe
-        elif health_check is not None and self.pools:
-            self.health = HealthChecker(health_check, clock, [p.label for p in self.pools])
-            self.probe = HealthProbe(
-                config.name,
-                health_check,
-                self.health,
-                [pool.sibling() for pool in self.pools],
-                clock,
-                rng,
-                observers,
-            )
-        else:
-            self.health, self.probe = None, None
+        self._inflight = bank.keep(INFLIGHT, owner, identity, lambda: [0])
+        self.outliers = bank.carry(
+            OUTLIERS,
+            owner,
+            identity,
+            config.outlier_detection,
+            lambda: OutlierDetector(config.outlier_detection, clock, [p.label for p in self.pools]),
+            lambda kept: kept.reconfigure(config.outlier_detection),
+        )
+        # A kept probe keeps running: no fresh jitter, no gap in the checks, no lost streaks.
+        checks = bank.keep(
+            HEALTH,
+            owner,
+            (identity, config.health_check),
+            partial(self._build_checks, clock, rng),
+        )
+        self.health, self.probe = (checks.health, checks.probe) if checks else (None, None)
         # Upstream-wide policy state; a route with its own `circuit_breaker` gets its own.
-        if kept is not None:
-            self.breaker = kept.breaker
-            if kept.config.circuit_breaker != config.circuit_breaker:
-                self.change_breaker(self.breaker, config.circuit_breaker, "default")
-        else:
-            self.breaker = CircuitBreaker(config.circuit_breaker, clock)
-        self.budget = (
-            kept.budget
-            if kept is not None and kept.config.retries.budget == config.retries.budget
-            else RetryBudget(config.retries.budget, clock)
+        self.breaker = bank.carry(
+            BREAKER,
+            owner,
+            identity,
+            config.circuit_breaker,
+            lambda: CircuitBreaker(config.circuit_breaker, clock),
+            partial(self.retune_breaker, policy=config.circuit_breaker, route="default"),
         )
-        self.gate = (
-            kept.gate
-            if kept is not None and kept.config.bulkhead == config.bulkhead
-            else BulkheadGate(Bulkhead.from_policy(config.bulkhead))
+        budget = config.retries.budget
+        self.budget = bank.keep(
+            BUDGET, owner, (identity, budget), lambda: RetryBudget(budget, clock)
         )
-        if kept is not None and kept.config.rate_limit == config.rate_limit:
-            self.rate_limit = kept.rate_limit
-        elif config.rate_limit is not None:
-            self.rate_limit = TokenBucket.from_policy(config.rate_limit, clock)
-        else:
-            self.rate_limit = None
+        self.gate = bank.keep(
+            GATE,
+            owner,
+            (identity, config.bulkhead),
+            lambda: BulkheadGate(Bulkhead.from_policy(config.bulkhead)),
+        )
+        limit = config.rate_limit
+        self.rate_limit = bank.keep(
+            BUCKET,
+            owner,
+            (identity, limit),
+            lambda: TokenBucket.from_policy(limit, clock) if limit is not None else None,
+        )
         cache = config.fallback.cache
-        if cache is None:
-            self.fallback_store = None
-        elif kept is not None and kept.fallback_store is not None:
-            self.fallback_store = kept.fallback_store
-            if kept.config.fallback.cache != cache:
-                self.change_store(self.fallback_store, cache)
-        else:
-            self.fallback_store = FallbackStore(cache, clock, cache_secret)
+        self.fallback_store = (
+            bank.carry(
+                STORE,
+                owner,
+                identity,
+                cache,
+                lambda: FallbackStore(cache, clock, cache_secret),
+                lambda kept: kept.reconfigure(cache),
+            )
+            if cache is not None
+            else None
+        )
         self.faults = FaultInjector(config.name, rng, observers)
-        # Faults set through the admin API; they replace the configured ones while set,
-        # and survive a reload (an operator's rehearsal is not ended by a config edit).
-        self.runtime_faults: FaultPolicy | None = previous.runtime_faults if previous else None
+        self.runtime_faults: FaultPolicy | None = None
+        carry_operator_state(bank, self)
         self.routes: RouteTable = None  # type: ignore[assignment]  # set by the router right after
+
+    @property
+    def identity(self) -> tuple[tuple[Endpoint, ...], TlsPolicy]:
+        """What the state of this upstream is carried by: the endpoints, and how TLS talks
+        to them. A reload that changes either starts the upstream afresh."""
+        return self.config.endpoints, self.config.tls
+
+    def _build_checks(self, clock: Clock, rng: random.Random) -> HealthChecks | None:
+        health_check = self.config.health_check
+        if health_check is None or not self.pools:
+            return None
+        health = HealthChecker(health_check, clock, [p.label for p in self.pools])
+        probe = HealthProbe(
+            self.name,
+            health_check,
+            health,
+            [pool.sibling() for pool in self.pools],
+            clock,
+            rng,
+            self._observers,
+        )
+        return HealthChecks(health, probe)
 
     @property
     def inflight(self) -> int:
@@ -208,23 +254,15 @@ class Upstream:
     def inflight(self, value: int) -> None:
         self._inflight[0] = value
 
-    def change_breaker(self, breaker: CircuitBreaker, policy: BreakerPolicy, route: str) -> None:
-        """Give a breaker kept from the previous config its new policy at `apply_changes()`.
+    def retune_breaker(self, breaker: CircuitBreaker, *, policy: BreakerPolicy, route: str) -> None:
+        """Give a breaker carried from the previous config its new policy (at commit).
 
         The breaker keeps its state, counts and permits (`CircuitBreaker.reconfigure`); a
         visible change of state it reports (disabled while open) is emitted like any other.
         """
-
-        def apply() -> None:
-            transition = breaker.reconfigure(policy)
-            if transition is not None:
-                self._observers.emit(transition.event(self.name, route))
-
-        self._changes.append(apply)
-
-    def change_store(self, store: FallbackStore, policy: CachePolicy) -> None:
-        """Give a store kept from the previous config its new policy at `apply_changes()`."""
-        self._changes.append(partial(store.reconfigure, policy))
+        transition = breaker.reconfigure(policy)
+        if transition is not None:
+            self._observers.emit(transition.event(self.name, route))
 
     def _apply_pool_policy(self) -> None:
         """Kept pools (dynamic ones made since this config was compiled, and a kept health
@@ -233,24 +271,6 @@ class Upstream:
         probe_pools = self.probe.pools if self.probe is not None else ()
         for pool in (*self.pools, *self._dynamic.values(), *probe_pools):
             pool.set_idle_timeout(idle_timeout)
-
-    def apply_changes(self) -> None:
-        """The reload committed: apply the new policies to the state kept from the old config.
-
-        Until now the kept breakers, stores and outlier records ran under their old policy,
-        so a reload refused after compiling changed nothing. Runs each change once.
-        """
-        changes, self._changes = self._changes, []
-        for change in changes:
-            change()
-
-    def same_endpoints(self, config: UpstreamConfig) -> bool:
-        """Whether `config` talks to exactly the endpoints (and TLS settings) this one does."""
-        return self.config.endpoints == config.endpoints and self.config.tls == config.tls
-
-    def state_kept_by(self, other: Upstream) -> bool:
-        """Whether a reload handed this upstream's pools to `other` (so they stay open)."""
-        return other.pools is self.pools
 
     def pick(self, authority: str, avoid: EndpointPool | None = None) -> EndpointPool:
         """The pool for the next attempt; the overflow upstream uses the request's authority.
@@ -340,6 +360,17 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, endpoints={len(self.pools)}, inflight={self.inflight})"
+
+
+def _endpoint_pools(
+    config: UpstreamConfig, loop: asyncio.AbstractEventLoop, loop_guard: LoopGuard
+) -> EndpointPools:
+    context = _ssl_context(config) if any(e.tls for e in config.endpoints) else None
+    pools = [
+        EndpointPool(e, loop, loop_guard, context, config.tls.server_name, config.pool.idle_timeout)
+        for e in config.endpoints
+    ]
+    return EndpointPools(context, pools, OrderedDict())
 
 
 @cache
