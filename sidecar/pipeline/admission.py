@@ -2,6 +2,8 @@
 
 Both are shared by every route of an upstream (routes cannot override them). A rejected
 request is never sent upstream; its error carries the `Retry-After` the client should honour.
+An admitted request holds its bulkhead slot until its answer is settled (written, or let go),
+not merely until the stages return it: a slow body still counts against the bulkhead.
 The breaker is the third admission check, but it lives in the attempt loop because every
 attempt, not only the first, needs its permit.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from sidecar.errors import BulkheadFullError, RateLimitedError
 from sidecar.events import Observers, RequestRejected
+from sidecar.pipeline.answer import Answer
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.resilience.gate import BulkheadGate
 from sidecar.resilience.ratelimit import TokenBucket
@@ -36,7 +39,7 @@ class Admission:
         self._bucket = bucket
         self._observers = observers
 
-    async def __call__(self, exchange: Exchange) -> None:
+    async def __call__(self, exchange: Exchange) -> Answer:
         bucket = self._bucket
         if bucket is not None and not bucket.try_take():
             self._observers.emit(RequestRejected(self._upstream, "rate_limited"))
@@ -52,9 +55,12 @@ class Admission:
                 " or the wait timed out"
             )
         try:
-            await self._next(exchange)
-        finally:
+            answer = await self._next(exchange)
+        except BaseException:
             gate.release()
+            raise
+        answer.gate = gate  # released when the answer is settled
+        return answer
 
     def __repr__(self) -> str:
         return f"Admission({self._upstream!r}, in_flight={self._gate.in_flight}, queued={self._gate.queued})"

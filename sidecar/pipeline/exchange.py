@@ -1,8 +1,9 @@
 """One request's journey through the sidecar, and the seams the stages see.
 
 An `Exchange` is built by the downstream protocol once the request head is parsed and is
-what every stage reads and annotates. Stages never see sockets: they answer through the
-`Responder` (the downstream side) and reach endpoints through a `Transport`
+what every stage reads and annotates. Stages never see sockets and never write to the client:
+they return an `Answer` (`sidecar.pipeline.answer`), which the proxy handler writes through
+the `Responder` (the downstream side). They reach endpoints through a `Transport`
 (`sidecar.upstream.protocol`), which an `Exchange` is the `UpstreamRequest` of.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from sidecar.outcome import Outcome
+from sidecar.pipeline.answer import Answer
 
 # `UpstreamResponse` is re-exported for the client protocol, which relays one.
 from sidecar.upstream.protocol import UpstreamResponse as UpstreamResponse
@@ -20,13 +22,12 @@ from sidecar.wire.headers import Headers
 
 if TYPE_CHECKING:
     from sidecar.errors import ProxyError
-    from sidecar.pipeline.fallback import Fallback
     from sidecar.pipeline.route import Route
     from sidecar.upstream.group import Upstream
 
 
 class Responder(Protocol):
-    """The client side of an exchange: the only way a stage answers."""
+    """The client side of an exchange: how the handler writes a stage's answer."""
 
     @property
     def head_sent(self) -> bool: ...
@@ -50,7 +51,8 @@ class Responder(Protocol):
     def finished(self, exchange: Exchange) -> None: ...
 
 
-Stage = Callable[["Exchange"], Awaitable[None]]
+# A stage returns the answer for the handler to write (and settle), or raises a `ProxyError`.
+Stage = Callable[["Exchange"], Awaitable[Answer]]
 
 
 class Exchange:
@@ -66,7 +68,6 @@ class Exchange:
         "content_length",
         "deadline",
         "error",
-        "fallback",
         "forward_headers",
         "head_only",
         "host_header",
@@ -136,7 +137,6 @@ class Exchange:
         self.tunnel_bytes_in = 0  # CONNECT: bytes the client sent into the tunnel
         self.outcome = Outcome.SUCCESS
         self.error = ""
-        self.fallback: Fallback | None = None  # set by the route's fallback stage, if any
 
     def request_headers(self) -> list[tuple[bytes, bytes]]:
         """The end-to-end request headers, names lower-cased (parsed on demand: rare path)."""

@@ -3,9 +3,12 @@
 The outermost stage of a route. On a failure listed in `serve_on` (or a rejection by the
 breaker or the bulkhead, when listed), it serves, in order: a stored response for the same
 cache key no older than its stale limit (`x-sidecar-fallback: cache`, with `Age`), then the
-static response (`x-sidecar-fallback: static`); otherwise the failure goes on unchanged. The
-store is never consulted while the upstream answers; successful answers are copied into it
-as they stream to the client (`tee`), never delaying them.
+static response (`x-sidecar-fallback: static`); otherwise the failure goes on unchanged.
+This stage alone decides `serve_on`, for raised failures and for an upstream answer the inner
+stages return (e.g. a 503 after the retries): such an answer is discarded and the fallback is
+returned in its place. The store is never consulted while the upstream answers; an answer
+that passes through is wrapped in a tee that copies a storable body into the store as it
+streams to the client, never delaying it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sidecar.errors import (
 )
 from sidecar.events import CacheLookup, FallbackServed, Observers
 from sidecar.outcome import FailureMatcher, Outcome, classify_status
+from sidecar.pipeline.answer import Answer, StoredAnswer, UpstreamAnswer
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.upstream.protocol import UpstreamResponse
 from sidecar.wire.flow import BodySink, Producer
@@ -82,15 +86,31 @@ class Fallback:
         self._rejections = frozenset(kind for kind in triggers if not isinstance(kind, int))
         self._observers = observers
 
-    async def __call__(self, exchange: Exchange) -> None:
-        exchange.fallback = self
+    async def __call__(self, exchange: Exchange) -> Answer:
         try:
-            await self._next(exchange)
+            answer = await self._next(exchange)
         except ProxyError as error:
-            if exchange.responder.head_sent or not self._triggered_by(error):
+            if not self._triggered_by(error):
                 raise
-            if not self.serve(exchange):
+            fallback = self.serve(exchange)
+            if fallback is None:
                 raise
+            return fallback
+        if not isinstance(answer, UpstreamAnswer):
+            return answer
+        try:
+            status = answer.response.status
+            if self._failures.matches(classify_status(status), status):
+                # The last attempt got an upstream answer (e.g. 503): a fallback instead?
+                fallback = self.serve(exchange)
+                if fallback is not None:
+                    answer.discard()
+                    return fallback
+            answer.response = self.tee(exchange, answer.response)
+        except BaseException:
+            answer.discard()  # a bug: the answer will never reach the handler to be settled
+            raise
+        return answer
 
     def _triggered_by(self, error: ProxyError) -> bool:
         if isinstance(error, AttemptError):
@@ -98,14 +118,9 @@ class Fallback:
         kind = _REJECTIONS.get(type(error))
         return kind is not None and kind in self._rejections
 
-    def answers_response(self, exchange: Exchange, status: int) -> bool:
-        """The last attempt got an upstream answer (e.g. 503): serve a fallback instead?"""
-        return self._failures.matches(classify_status(status), status) and self.serve(exchange)
-
-    def serve(self, exchange: Exchange) -> bool:
-        """Answer from the store, else the static response; False when neither applies."""
+    def serve(self, exchange: Exchange) -> StoredAnswer | None:
+        """The stored response, else the static response; None when neither applies."""
         store = self.store
-        responder = exchange.responder
         if store is not None:
             headers = exchange.request_headers()
             key = store.request_key(exchange.method, exchange.url(), headers)
@@ -113,26 +128,27 @@ class Fallback:
             result = "bypass" if key is None else ("hit" if cached is not None else "miss")
             self._observers.emit(CacheLookup(self._upstream, result))
             if cached is not None:
-                exchange.outcome = Outcome.FALLBACK_CACHE
-                responder.send_fallback(
-                    exchange,
+                self._observers.emit(FallbackServed(self._upstream, "cache"))
+                return StoredAnswer(
                     cached.status,
                     cached.headers,
                     cached.body,
                     b"cache",
                     cached.age_header(),
+                    Outcome.FALLBACK_CACHE,
                 )
-                self._observers.emit(FallbackServed(self._upstream, "cache"))
-                return True
         static = self._static
         if static is not None:
-            exchange.outcome = Outcome.FALLBACK_STATIC
-            responder.send_fallback(
-                exchange, static.status, self._static_headers, self._static_body, b"static", None
-            )
             self._observers.emit(FallbackServed(self._upstream, "static"))
-            return True
-        return False
+            return StoredAnswer(
+                static.status,
+                self._static_headers,
+                self._static_body,
+                b"static",
+                None,
+                Outcome.FALLBACK_STATIC,
+            )
+        return None
 
     def tee(self, exchange: Exchange, response: UpstreamResponse) -> UpstreamResponse:
         """Copy a storable answer into the store while it streams to the client."""

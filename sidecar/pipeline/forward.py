@@ -1,9 +1,10 @@
-"""The innermost stage's parts: one attempt to one endpoint, and the relay of its answer.
+"""The innermost stage's parts: one attempt to one endpoint, and the answer it becomes.
 
 `send` never raises for an upstream failure: it returns an `Attempt` that says what happened,
 so the attempt loop can classify, record and decide before anything reaches the client. An
-attempt ends in exactly one of `relay` (its answer goes to the client) or `discard` (a retry
-follows or the request is abandoned); each emits the attempt's one `AttemptFinished` and
+attempt ends in exactly one of two ways: its answer is returned (`answer`) and settled by the
+handler once written, or it is dropped (`discard`: a retry follows, a fallback answers
+instead, or the request is abandoned). Either emits the attempt's one `AttemptFinished` and
 returns the endpoint's in-flight slot.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 from sidecar.clock import Clock
 from sidecar.errors import AttemptError, BodyStreamError, UpstreamTimeoutError
 from sidecar.events import AttemptFinished, EndpointEjected, Observers
-from sidecar.outcome import AttemptResult, classify_status, outcome_for_status
+from sidecar.outcome import AttemptResult, classify_status
+from sidecar.pipeline.answer import UpstreamAnswer
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.faults import InjectedResponse
 from sidecar.pipeline.route import Route
@@ -72,7 +74,7 @@ class Attempt:
 
 
 class Forwarder:
-    """Sends an exchange to the endpoint the balancer picks; relays or discards the answer."""
+    """Sends an exchange to the endpoint the balancer picks; returns or discards the answer."""
 
     __slots__ = ("_clock", "_faults", "_observers", "_route", "_transport", "_upstream")
 
@@ -148,27 +150,13 @@ class Forwarder:
             return Attempt(pool, response, None, self._clock.now() - started)
         return None
 
-    async def relay(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Stream the attempt's answer to the client; a body that breaks off fails the attempt."""
-        response = attempt.response
-        assert response is not None
-        if exchange.fallback is not None:
-            response = exchange.fallback.tee(exchange, response)
-        # The breaker judged the attempt at its head; a body that breaks off (idle timeout,
-        # reset) still makes it a failure for outlier detection, unless the client broke it.
-        exchange.outcome = outcome_for_status(response.status)
-        try:
-            await exchange.responder.relay(exchange, response)
-        except BodyStreamError as error:
-            attempt.result = error.result
-            attempt.upstream_fault = error.upstream_fault
-            raise
-        finally:
-            response.release()
-            self._finish(attempt)
+    def answer(self, exchange: Exchange, attempt: Attempt) -> AttemptAnswer:
+        """The attempt's response as the request's answer, recorded when it is settled."""
+        assert attempt.response is not None
+        return AttemptAnswer(self, exchange, attempt)
 
     def discard(self, exchange: Exchange, attempt: Attempt) -> None:
-        """The attempt's answer will not be relayed: free its connection, slot and the body."""
+        """The attempt's answer will not be written: free its connection, slot and the body."""
         if exchange.body is not None:
             exchange.body.detach()  # a retry may replay it to another connection
         response = attempt.response
@@ -178,9 +166,10 @@ class Forwarder:
             else:
                 response.discard()
             attempt.response = None
-        self._finish(attempt)
+        self.finish(attempt)
 
-    def _finish(self, attempt: Attempt) -> None:
+    def finish(self, attempt: Attempt) -> None:
+        """Outlier record, `AttemptFinished`, the endpoint's slot: once per attempt."""
         if attempt.finished:
             return
         attempt.finished = True
@@ -205,3 +194,42 @@ class Forwarder:
 
     def __repr__(self) -> str:
         return f"Forwarder(upstream={self._upstream.name!r}, route={self._route.label!r})"
+
+
+class AttemptAnswer(UpstreamAnswer):
+    """An attempt's response returned as the answer; settling it finishes the attempt.
+
+    The breaker judged the attempt at its head; a body that breaks off (idle timeout, reset)
+    still makes it a failure for outlier detection, unless the client broke it.
+    """
+
+    __slots__ = ("_exchange", "_forwarder", "attempt")
+
+    def __init__(self, forwarder: Forwarder, exchange: Exchange, attempt: Attempt) -> None:
+        response = attempt.response
+        assert response is not None
+        self.gate = None
+        self.response = response
+        self.settled = False
+        self.attempt = attempt
+        self._forwarder = forwarder
+        self._exchange = exchange
+
+    def settle(self, failure: BodyStreamError | None = None) -> None:
+        if not self.settled:
+            self.settled = True
+            attempt = self.attempt
+            if failure is not None:
+                attempt.result = failure.result
+                attempt.upstream_fault = failure.upstream_fault
+            self.response.release()
+            self._forwarder.finish(attempt)
+        self.release_slot()
+
+    def discard(self) -> None:
+        if not self.settled:
+            self.settled = True
+            attempt = self.attempt
+            attempt.response = self.response  # the fallback store's tee, if one wraps it
+            self._forwarder.discard(self._exchange, attempt)
+        self.release_slot()

@@ -18,6 +18,7 @@ from sidecar.events import (
     RetryScheduled,
 )
 from sidecar.outcome import AttemptResult, FailureMatcher
+from sidecar.pipeline.answer import Answer
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.forward import Attempt, Forwarder
 from sidecar.pipeline.guard import BreakerGuard
@@ -75,7 +76,7 @@ class AttemptLoop:
         self._clock = clock
         self._observers = observers
 
-    async def __call__(self, exchange: Exchange) -> None:
+    async def __call__(self, exchange: Exchange) -> Answer:
         self._budget.record_request()
         body = exchange.body
         if body is not None and self._policy.max_attempts > 1:
@@ -90,7 +91,7 @@ class AttemptLoop:
             self._forwarder.discard(exchange, attempt)
             self._observers.emit(RetryScheduled(self._upstream, attempt.retry_reason, delay))
             await self._clock.sleep(delay)
-        await self._commit(exchange, last)
+        return self._commit(exchange, last)
 
     async def _attempt(self, exchange: Exchange, last: Attempt | None) -> tuple[Attempt, bool]:
         """One attempt under a breaker permit; returns it and whether it was a half-open trial.
@@ -122,16 +123,15 @@ class AttemptLoop:
             guard.release(permit)
         return attempt, permit.trial
 
-    async def _commit(self, exchange: Exchange, attempt: Attempt) -> None:
-        """Answer with the final attempt: its failure, a fallback in place of it, or its body."""
+    def _commit(self, exchange: Exchange, attempt: Attempt) -> Answer:
+        """Answer with the final attempt: raise its failure, or return its response.
+
+        Whether a returned 5xx is replaced by a fallback is the fallback stage's decision.
+        """
         if attempt.response is None:
             assert attempt.error is not None
             raise attempt.error
-        fallback = exchange.fallback
-        if fallback is not None and fallback.answers_response(exchange, attempt.status):
-            self._forwarder.discard(exchange, attempt)
-            return
-        await self._forwarder.relay(exchange, attempt)
+        return self._forwarder.answer(exchange, attempt)
 
     def _retry_delay(self, exchange: Exchange, attempt: Attempt, trial: bool) -> float | None:
         """Seconds to wait before the next attempt, or None when this attempt is final."""

@@ -1,7 +1,9 @@
 """The proxy's shared state and the request handler: route, run the route's stages, answer.
 
-`handle()` is the one place where errors become HTTP answers (through `errorpage`'s table)
-and where every request ends in exactly one `RequestFinished` event. Everything a request
+`handle()` is the one writer of an answer: the route's stages return one (`Answer`), and the
+handler writes it through the responder and settles it, in a `finally`, however the write
+ended. It is also the one place where errors become HTTP answers (through `errorpage`'s
+table) and where every request ends in exactly one `RequestFinished` event. Everything a request
 needs from the running config (router, limits, flags) is read through this object, so a
 reload can swap it for new requests while in-flight ones finish under the old one.
 """
@@ -23,7 +25,8 @@ from sidecar.errors import (
     UnknownUpstreamError,
 )
 from sidecar.events import Observers, ProxyFault, RequestFinished, RequestRejected
-from sidecar.outcome import AttemptResult, Outcome
+from sidecar.outcome import AttemptResult, Outcome, outcome_for_status
+from sidecar.pipeline.answer import StoredAnswer, UpstreamAnswer
 from sidecar.pipeline.exchange import Exchange
 from sidecar.pipeline.route import Router
 from sidecar.server.requestid import RequestIds
@@ -181,7 +184,32 @@ class ProxyServer:
             upstream.inflight += 1
             try:
                 assert route.pipeline is not None
-                await route.pipeline(exchange)
+                answer = await route.pipeline(exchange)
+                # Written here and nowhere else; settled once however the write ends (the
+                # body ended or broke off, the client went away), which records the attempt
+                # and lets go of its connection and bulkhead slot.
+                failure: BodyStreamError | None = None
+                try:
+                    if isinstance(answer, UpstreamAnswer):
+                        response = answer.response
+                        exchange.outcome = outcome_for_status(response.status)
+                        await responder.relay(exchange, response)
+                    else:
+                        assert isinstance(answer, StoredAnswer)
+                        exchange.outcome = answer.outcome
+                        responder.send_fallback(
+                            exchange,
+                            answer.status,
+                            answer.headers,
+                            answer.body,
+                            answer.kind,
+                            answer.age,
+                        )
+                except BodyStreamError as error:
+                    failure = error
+                    raise
+                finally:
+                    answer.settle(failure)
             finally:
                 upstream.inflight -= 1
         except ProxyError as error:

@@ -2,8 +2,9 @@
 
 `StageChain` loads a one-upstream config, builds every route's stages with `build_stages`
 (as the runtime does) on a `FakeClock`, a `RecordingObserver` and a `ScriptedTransport`, and
-plays the handler's part for one request: pick the route, set the deadline, run the chain.
-Errors the chain raises reach the test unchanged; the handler's error table is not involved.
+plays the handler's part for one request: pick the route, set the deadline, run the chain,
+write the answer it returns through the `RecordingResponder` and settle it. Errors the chain
+raises reach the test unchanged; the handler's error table is not involved.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 import yaml
 
 from sidecar.config import load_config_text
+from sidecar.errors import BodyStreamError
 from sidecar.events import Event, Observers
+from sidecar.outcome import outcome_for_status
+from sidecar.pipeline.answer import Answer, StoredAnswer, UpstreamAnswer
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.route import Route, Router
 from sidecar.pipeline.stages import build_stages
@@ -45,10 +49,12 @@ SEED = 20240611
 
 @dataclass(slots=True)
 class Call:
-    """One request run through the chain: the exchange and what was answered on it."""
+    """One request run through the chain: the exchange, the answer the chain returned for
+    it, and what was written on it."""
 
     exchange: Exchange
     responder: RecordingResponder
+    answer: Answer
 
     @property
     def status(self) -> int:
@@ -126,17 +132,38 @@ class StageChain:
     def route(self, exchange: Exchange) -> Route:
         return self.upstream.routes.match(exchange.method, exchange.path)
 
-    async def run(self, exchange: Exchange) -> Call:
-        """The handler's part: route, deadline from `total`, then the route's chain."""
+    async def answer(self, exchange: Exchange) -> Answer:
+        """Route, deadline from `total`, the route's chain: its answer, unwritten, unsettled."""
         route = self.route(exchange)
         exchange.upstream = self.upstream
         exchange.route = route
         exchange.deadline = exchange.started + route.total
         assert route.pipeline is not None
+        return await route.pipeline(exchange)
+
+    async def run(self, exchange: Exchange) -> Call:
+        """The handler's part: route, deadline from `total`, the route's chain, then write
+        the answer and settle it (as `ProxyServer.handle` does)."""
         responder = exchange.responder
         assert isinstance(responder, RecordingResponder)
-        await route.pipeline(exchange)
-        return Call(exchange, responder)
+        answer = await self.answer(exchange)
+        failure: BodyStreamError | None = None
+        try:
+            if isinstance(answer, UpstreamAnswer):
+                exchange.outcome = outcome_for_status(answer.response.status)
+                await responder.relay(exchange, answer.response)
+            else:
+                assert isinstance(answer, StoredAnswer)
+                exchange.outcome = answer.outcome
+                responder.send_fallback(
+                    exchange, answer.status, answer.headers, answer.body, answer.kind, answer.age
+                )
+        except BodyStreamError as error:
+            failure = error
+            raise
+        finally:
+            answer.settle(failure)
+        return Call(exchange, responder, answer)
 
     async def call(
         self,

@@ -30,6 +30,7 @@ from sidecar.events import (
     RetryScheduled,
 )
 from sidecar.outcome import AttemptResult, Outcome
+from sidecar.pipeline.answer import StoredAnswer, UpstreamAnswer
 from sidecar.resilience.breaker import CircuitState
 from tests.fakes import ScriptedResponse, Step, TruncatedResponse, eventually
 from tests.pipeline.chain import ENDPOINT_A, NO_JITTER, SEED, Call, StageChain, stage_chain
@@ -91,6 +92,8 @@ async def test_fallback_serves_the_stored_answer_before_the_static_one() -> None
         chain.clock.advance(7.0)
         chain.transport.add(REFUSED)
         call = await chain.call()
+        assert isinstance(call.answer, StoredAnswer)
+        assert call.answer.outcome is Outcome.FALLBACK_CACHE
         assert call.responder.fallbacks == [(200, b"cache", b"stored")]
         assert call.responder.fallback_age == b"7"
         assert call.responder.fallback_headers == [(b"content-type", b"text/plain")]
@@ -144,6 +147,7 @@ async def test_fallback_relays_the_upstream_5xx_when_nothing_applies() -> None:
         answer = status(503)
         chain.transport.add(answer)
         call = await chain.call()
+        assert isinstance(call.answer, UpstreamAnswer)
         assert (call.status, call.body) == (503, b'{"s": 503}')
         assert call.responder.fallbacks == []
         assert call.exchange.outcome is Outcome.UPSTREAM_ERROR
@@ -157,6 +161,7 @@ async def test_fallback_answers_a_final_5xx_from_the_store() -> None:
         answer = status(503)
         chain.transport.add(answer)
         call = await chain.call()
+        assert isinstance(call.answer, StoredAnswer)
         assert call.responder.fallbacks == [(200, b"cache", b"stored")]
         assert answer.released or answer.discarded
         assert chain.events == [lookup("hit"), served("cache"), attempt(AttemptResult.HTTP_5XX)]

@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.config import load_config_text
 from sidecar.errors import UnknownUpstreamError
+from sidecar.pipeline.answer import Answer
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.route import Route, RouteMatcher, Router, normalise_authority
 from sidecar.upstream.group import Upstream
@@ -73,7 +74,7 @@ upstreams:
 """
 
 
-async def _unused_stage(exchange: Exchange) -> None:
+async def _unused_stage(exchange: Exchange) -> Answer:
     raise AssertionError("routing tests never run a pipeline")
 
 

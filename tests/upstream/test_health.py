@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import HealthCheckPolicy, load_config_text
+from sidecar.pipeline.answer import Answer
 from sidecar.pipeline.exchange import Exchange, Stage
 from sidecar.pipeline.route import Route, Router
 from sidecar.upstream.group import Upstream
@@ -170,7 +171,7 @@ async def test_health_pick_without_checks_reports_every_endpoint_healthy() -> No
 # ---- reload -----------------------------------------------------------------------------
 
 
-async def _unused_stage(exchange: Exchange) -> None:
+async def _unused_stage(exchange: Exchange) -> Answer:
     raise AssertionError("reload tests never run a pipeline")
 
 
